@@ -1,0 +1,40 @@
+# vae-lit: `make help` lists the targets.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+
+help: ## Show this help
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade --quiet pip
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,sweep]"
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install vae-lit with its pinned dependencies (torch CPU/GPU pair)
+
+train: $(STAMP) ## Train the default VAE on the embedded sprites data (about 3 minutes on 2 CPU cores)
+	$(BIN)/python -m vae_lit.train $(ARGS)
+
+test: $(STAMP) ## Run the test suite
+	$(BIN)/python -m pytest $(ARGS)
+
+test-fast: $(STAMP) ## Run the tests not marked slow
+	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+
+lint: $(STAMP) ## Lint and check formatting with ruff
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+format: $(STAMP) ## Format the code with ruff
+	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks
+
+clean: ## Remove training outputs (logs/) and caches, keep .venv
+	rm -rf logs .pytest_cache .ruff_cache
+
+.PHONY: help install train test test-fast lint format clean

@@ -1,0 +1,129 @@
+"""Training logic: one shared step for train/val/test around a plain VAE network and its loss."""
+
+from collections.abc import Callable
+
+import torch
+from pytorch_lightning import LightningModule
+
+from vae_lit.kl_schedule import KLSchedule
+from vae_lit.losses import ELBOTerms, NegativeELBO
+from vae_lit.models import ConvVAE
+
+
+def to_float_images(batch: torch.Tensor) -> torch.Tensor:
+    """uint8 batches (what the data modules serve) become floats in [0, 1]; floats pass through."""
+    if batch.dtype == torch.uint8:
+        return batch.float().div_(255)
+    return batch
+
+
+class VAELitModule(LightningModule):
+    """A VAE under Lightning. Batches are uint8 images (N, C, H, W); they become floats in [0, 1] on
+    the device, so workers and host-to-device copies move a quarter of the bytes.
+
+    Validation and test report the true bound (beta = 1, no free bits) so `val/loss` is comparable
+    across KL schedules; training reports the objective it optimises.
+    """
+
+    def __init__(
+        self,
+        net: ConvVAE,
+        loss: NegativeELBO,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        kl_schedule: KLSchedule | None = None,
+        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
+    ):
+        super().__init__()
+        # Plain values only: a checkpoint must load with torch.load(weights_only=True). The full config
+        # that rebuilds this module travels separately (see vae_lit.checkpoint).
+        self.save_hyperparameters(
+            {
+                "image_size": net.image_size,
+                "channels": net.channels,
+                "latent_dim": net.latent_dim,
+                "likelihood": loss.likelihood,
+            },
+            logger=False,
+        )
+        self.net = net
+        self.loss = loss
+        self.kl_schedule = kl_schedule or KLSchedule()
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+
+    @property
+    def latent_dim(self) -> int:
+        return self.net.latent_dim
+
+    # -- public API: images are floats in [0, 1] ------------------------------------------------
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and log-variance of q(z|x)."""
+        return self.net.encode(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Mean image of p(x|z), in [0, 1]."""
+        return torch.sigmoid(self.net.decode(z))
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Decode the posterior mean: the deterministic reconstruction."""
+        mu, _ = self.encode(x)
+        return self.decode(mu)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """`n` images decoded from z ~ N(0, I); pass a seeded CPU generator for repeatable samples."""
+        z = torch.randn(n, self.latent_dim, generator=generator).to(self.device)
+        return self.decode(z)
+
+    # -- training ---------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor):
+        return self.net(x)
+
+    def model_step(self, batch: torch.Tensor, stage: str) -> ELBOTerms:
+        images = to_float_images(batch)
+        out = self.net(images)
+        beta = self.kl_schedule(self.global_step) if stage == "train" else 1.0
+        terms = self.loss(images, out.logits, out.mu, out.logvar, beta=beta)
+        if stage != "train":  # report the bound itself, whatever the training objective
+            terms.loss = terms.neg_elbo
+        on_step = stage == "train"
+        log_args = dict(
+            on_step=on_step, on_epoch=True, batch_size=images.shape[0], sync_dist=not on_step
+        )
+        self.log(f"{stage}/loss", terms.loss, prog_bar=True, **log_args)
+        metrics = {
+            f"{stage}/recon": terms.recon,
+            f"{stage}/kl": terms.kl,
+            f"{stage}/bits_per_dim": terms.bits_per_dim,
+        }
+        if stage == "train":
+            metrics["train/beta"] = torch.tensor(beta)
+        self.log_dict(metrics, **log_args)
+        return terms
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        return self.model_step(batch, "train").loss
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        terms = self.model_step(batch, "val")
+        # One scalar per latent dimension: a collapsed dimension shows as a flat line at 0 nats.
+        self.log_dict(
+            {f"val/kl_dim/{i:03d}": kl for i, kl in enumerate(terms.kl_per_dim)},
+            on_epoch=True,
+            batch_size=batch.shape[0],
+            sync_dist=True,
+        )
+
+    def test_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        self.model_step(batch, "test")
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss", "interval": "epoch"},
+        }

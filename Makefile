@@ -20,6 +20,9 @@ install: $(STAMP) ## Create .venv and install vae-lit with its pinned dependenci
 train: $(STAMP) ## Train the default VAE on the embedded sprites data (about 3 minutes on 2 CPU cores)
 	$(BIN)/python -m vae_lit.train $(ARGS)
 
+eval: $(STAMP) ## Evaluate a checkpoint on its test split: make eval CKPT=<run>/checkpoints/last.ckpt
+	$(BIN)/python -m vae_lit.eval ckpt=$(CKPT) $(ARGS)
+
 test: $(STAMP) ## Run the test suite
 	$(BIN)/python -m pytest $(ARGS)
 
@@ -37,4 +40,4 @@ format: $(STAMP) ## Format the code with ruff
 clean: ## Remove training outputs (logs/) and caches, keep .venv
 	rm -rf logs .pytest_cache .ruff_cache
 
-.PHONY: help install train test test-fast lint format clean
+.PHONY: help install train eval test test-fast lint format clean

@@ -24,6 +24,7 @@ TINY = [
     "model.net.hidden_channels=[8,16]",
     "trainer=cpu",
     "trainer.max_epochs=1",
+    "trainer.precision=32-true",  # tests compare logged numbers with fp32 recomputations
     "logger=csv",
 ]
 
@@ -31,7 +32,7 @@ TINY = [
 def compose_config(
     output_dir: Path, overrides: list[str] | None = None, config_name: str = "train"
 ) -> DictConfig:
-    """Compose the real config as `python -m vae_lit.<config_name>` would, writing to `output_dir`."""
+    """Compose the real config as `python -m vae_lit.<name>` would, output in `output_dir`."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name=config_name, overrides=overrides or [], return_hydra_config=True)
@@ -48,6 +49,16 @@ def compose_config(
 @pytest.fixture
 def tiny_cfg(tmp_path: Path) -> DictConfig:
     return compose_config(tmp_path, TINY)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> tuple[Path, dict[str, float]]:
+    """One real tiny training run shared by the tests that only read it: (last.ckpt, metrics)."""
+    from vae_lit.train import train
+
+    run_dir = tmp_path_factory.mktemp("tiny_run")
+    metrics = train(compose_config(run_dir, TINY))
+    return run_dir / "checkpoints" / "last.ckpt", metrics
 
 
 def run_module(module: str, *args: str, cwd: Path, env: dict | None = None, timeout: int = 300):

@@ -1,4 +1,6 @@
-"""The one exception type for bad user input: entry points print its message as one line, no traceback."""
+"""The one exception type for bad user input: entry points print it as one line, no traceback."""
+
+from omegaconf.errors import MissingMandatoryValue
 
 
 class UserError(Exception):
@@ -6,11 +8,14 @@ class UserError(Exception):
 
 
 def find_user_error(exc: BaseException | None) -> UserError | None:
-    """Return the UserError behind `exc`, looking through wrappers such as Hydra's InstantiationException."""
+    """The UserError behind `exc`, looking through wrappers such as InstantiationException."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         if isinstance(exc, UserError):
             return exc
+        if isinstance(exc, MissingMandatoryValue):  # a `???` left in the config, e.g. data.root
+            key = getattr(exc, "full_key", None) or "a required config value"
+            return UserError(f"{key} is not set; add {key}=<value> to the command")
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None

@@ -1,8 +1,8 @@
 """How the KL weight beta moves with the training step.
 
-`constant` keeps beta fixed; `linear` warms it up from 0 over `warmup_steps`; `cyclical` repeats that
-warm-up every `cycle_steps` (Fu et al. 2019, "Cyclical Annealing Schedule"), ramping over the first
-`ramp_fraction` of each cycle and holding beta for the rest.
+`constant` keeps beta fixed; `linear` warms it up from 0 over `warmup_steps`; `cyclical` repeats
+that warm-up every `cycle_steps` (Fu et al. 2019, "Cyclical Annealing Schedule"), ramping over the
+first `ramp_fraction` of each cycle and holding beta for the rest.
 """
 
 from vae_lit.errors import UserError

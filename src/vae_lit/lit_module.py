@@ -7,6 +7,8 @@ from pytorch_lightning import LightningModule
 
 from vae_lit.kl_schedule import KLSchedule
 from vae_lit.losses import ELBOTerms, NegativeELBO
+from vae_lit.metrics.active_units import ActiveUnits
+from vae_lit.metrics.image_quality import mse_per_image, psnr_per_image
 from vae_lit.models import ConvVAE
 
 
@@ -18,8 +20,8 @@ def to_float_images(batch: torch.Tensor) -> torch.Tensor:
 
 
 class VAELitModule(LightningModule):
-    """A VAE under Lightning. Batches are uint8 images (N, C, H, W); they become floats in [0, 1] on
-    the device, so workers and host-to-device copies move a quarter of the bytes.
+    """A VAE under Lightning. Batches are uint8 images (N, C, H, W); they become floats in [0, 1]
+    on the device, so workers and host-to-device copies move a quarter of the bytes.
 
     Validation and test report the true bound (beta = 1, no free bits) so `val/loss` is comparable
     across KL schedules; training reports the objective it optimises.
@@ -32,10 +34,12 @@ class VAELitModule(LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         kl_schedule: KLSchedule | None = None,
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
+        channels_last: bool = True,
+        compile: bool = False,
     ):
         super().__init__()
-        # Plain values only: a checkpoint must load with torch.load(weights_only=True). The full config
-        # that rebuilds this module travels separately (see vae_lit.checkpoint).
+        # Plain values only: a checkpoint must load with torch.load(weights_only=True). The full
+        # config that rebuilds this module travels separately (see vae_lit.checkpoint).
         self.save_hyperparameters(
             {
                 "image_size": net.image_size,
@@ -47,6 +51,12 @@ class VAELitModule(LightningModule):
         )
         self.net = net
         self.loss = loss
+        # NHWC convolutions are oneDNN's (CPU) and cuDNN's (tensor cores) fast kernels: 1.8x on CPU
+        # for this model (benchmarks/RESULTS.md). Outputs of the public API stay NCHW.
+        self.channels_last = bool(channels_last)
+        if self.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        self.compile_net = bool(compile)
         self.kl_schedule = kl_schedule or KLSchedule()
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -62,7 +72,7 @@ class VAELitModule(LightningModule):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Mean image of p(x|z), in [0, 1]."""
-        return torch.sigmoid(self.net.decode(z))
+        return torch.sigmoid(self.net.decode(z)).contiguous()
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
@@ -72,7 +82,7 @@ class VAELitModule(LightningModule):
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """`n` images decoded from z ~ N(0, I); pass a seeded CPU generator for repeatable samples."""
+        """`n` images decoded from z ~ N(0, I); a seeded CPU generator makes them repeatable."""
         z = torch.randn(n, self.latent_dim, generator=generator).to(self.device)
         return self.decode(z)
 
@@ -81,6 +91,8 @@ class VAELitModule(LightningModule):
         return self.net(x)
 
     def model_step(self, batch: torch.Tensor, stage: str) -> ELBOTerms:
+        if self.channels_last:  # converted as uint8, a quarter of the bytes of the float copy
+            batch = batch.contiguous(memory_format=torch.channels_last)
         images = to_float_images(batch)
         out = self.net(images)
         beta = self.kl_schedule(self.global_step) if stage == "train" else 1.0
@@ -91,7 +103,9 @@ class VAELitModule(LightningModule):
         log_args = dict(
             on_step=on_step, on_epoch=True, batch_size=images.shape[0], sync_dist=not on_step
         )
-        self.log(f"{stage}/loss", terms.loss, prog_bar=True, **log_args)
+        # Not on the progress bar per step: it reads each value back to the host, a sync per step
+        # that stalls an accelerator. The bar shows `val/loss` and epoch means.
+        self.log(f"{stage}/loss", terms.loss, prog_bar=not on_step, **log_args)
         metrics = {
             f"{stage}/recon": terms.recon,
             f"{stage}/kl": terms.kl,
@@ -115,8 +129,34 @@ class VAELitModule(LightningModule):
             sync_dist=True,
         )
 
+    def on_test_epoch_start(self) -> None:
+        self.test_active_units = ActiveUnits(self.latent_dim).to(self.device)
+
     def test_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         self.model_step(batch, "test")
+        # The cheap part of `vae_lit.eval`: posterior-mean reconstructions and active units.
+        images = to_float_images(batch)
+        mu, _ = self.net.encode(images)
+        reconstructions = self.decode(mu)
+        self.log_dict(
+            {
+                "test/mse": mse_per_image(images, reconstructions).mean(),
+                "test/psnr": psnr_per_image(images, reconstructions).mean(),
+            },
+            on_epoch=True,
+            batch_size=images.shape[0],
+            sync_dist=True,
+        )
+        self.test_active_units.update(mu)
+
+    def on_test_epoch_end(self) -> None:
+        # compute() reduces the sums over processes, so the sync only averages equal counts.
+        self.log("test/active_units", self.test_active_units.compute().float(), sync_dist=True)
+
+    def setup(self, stage: str) -> None:
+        # Only when fitting: evaluating or sampling a checkpoint should not wait for a compile.
+        if self.compile_net and stage == "fit":
+            self.net.compile()  # in place: parameter names, and so checkpoints, do not change
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(params=self.parameters())

@@ -1,25 +1,40 @@
 """Training entry point: `python -m vae_lit.train [overrides]`.
 
-Composes the Hydra config, builds datamodule, model, callbacks, loggers and trainer in that order, fits,
-tests, and returns the metric a sweeper optimises (`optimized_metric`).
+Composes the Hydra config, builds datamodule, model, callbacks, loggers and trainer in that order,
+fits, tests, and returns the metric a sweeper optimises (`optimized_metric`).
 """
 
 import logging
+import math
 import sys
+import warnings
 from typing import Any
 
 import hydra
 import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning import Callback
 from pytorch_lightning.loggers import Logger
+from pytorch_lightning.utilities import rank_zero_only
 
+from vae_lit.callbacks.non_finite_loss import NonFiniteLossError
 from vae_lit.callbacks.run_config import RunConfigInCheckpoint
-from vae_lit.errors import find_user_error
-from vae_lit.trainer import map_gpus
+from vae_lit.callbacks.run_summary import RunSummary
+from vae_lit.errors import UserError, find_user_error
+from vae_lit.loggers import finish_wandb
+from vae_lit.resume import resume_path
+from vae_lit.trainer import check_launcher, map_gpus
 
 log = logging.getLogger(__name__)
+
+# configs/hydra/launcher/ keeps the plugins' names, so `hydra/launcher=submitit_slurm` gets the
+# safe settings; Hydra checks such files against the plugin's schema and warns that it does.
+warnings.filterwarnings(
+    "ignore", message=r"\s*'hydra/launcher/\w+' is validated against ConfigStore schema"
+)
 
 
 def instantiate_group(group: DictConfig | None) -> list[Any]:
@@ -31,9 +46,9 @@ def instantiate_group(group: DictConfig | None) -> list[Any]:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (and test) a model as the config says; return the final metrics as floats."""
+    trainer_cfg = map_gpus(cfg.trainer)  # fails fast on a missing GPU, before any data is touched
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
-    trainer_cfg = map_gpus(cfg.trainer)  # fails fast on a missing GPU, before any data is touched
 
     log.info(f"Instantiating datamodule <{cfg.data._target_}>")
     datamodule: pl.LightningDataModule = instantiate(cfg.data)
@@ -42,35 +57,70 @@ def train(cfg: DictConfig) -> dict[str, float]:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     callbacks: list[Callback] = instantiate_group(cfg.get("callbacks"))
     callbacks.append(RunConfigInCheckpoint(resolved))
+    callbacks.append(RunSummary(cfg.paths.output_dir))  # what a sweep's summary table reads
     loggers: list[Logger] = instantiate_group(cfg.get("logger"))
     log.info(f"Instantiating trainer <{trainer_cfg._target_}>")
     trainer: pl.Trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False)
+    check_launcher(trainer, in_multirun())
+    ckpt_path = resume_path(cfg, trainer)  # resume=auto: this run dir's last checkpoint, if any
     for logger in loggers:
         logger.log_hyperparams(resolved)
 
-    if cfg.get("train"):
-        trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    if cfg.get("test"):
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        trainer.test(model=model, datamodule=datamodule, ckpt_path=best or None)
-        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
-    if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path:
-        log.info(f"Best checkpoint: {trainer.checkpoint_callback.best_model_path}")
+    try:
+        if cfg.get("train"):
+            trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        if cfg.get("test"):
+            callback = trainer.checkpoint_callback
+            best = callback.best_model_path if callback else ""
+            trainer.test(model=model, datamodule=datamodule, ckpt_path=best or None)
+            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+    finally:
+        finish_wandb(loggers)  # each job its own W&B run, also in a multirun and on failure
+    callback = trainer.checkpoint_callback
+    if trainer.is_global_zero and callback and callback.best_model_path:
+        log.info(f"Best checkpoint: {callback.best_model_path}")
     return metrics
+
+
+def in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def sweeper_value(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
+    """The metric a sweeper optimises; None when it is not finite, which the optuna sweeper
+    records as a failed trial instead of stopping the sweep on NaN (hydra #2237)."""
+    name = cfg.get("optimized_metric")
+    if not name or not cfg.get("train") or cfg.trainer.get("fast_dev_run"):
+        return None
+    if name not in metrics:
+        message = (
+            f"optimized_metric={name} was not logged; use one of: {', '.join(sorted(metrics))}"
+        )
+        if in_multirun():  # a sweep would go on blind
+            raise UserError(message)
+        log.warning(message)
+        return None
+    value = metrics[name]
+    if not math.isfinite(value):
+        log.warning(f"{name} is {value}: the sweeper gets no value for this job")
+        return None
+    return value
 
 
 @hydra.main(version_base="1.3", config_path="../../configs", config_name="train.yaml")
 def main(cfg: DictConfig) -> float | None:
     try:
-        metrics = train(cfg)
+        return sweeper_value(cfg, train(cfg))
     except Exception as exc:  # a user's mistake is one line; a bug keeps its traceback
         error = find_user_error(exc)
         if error is None:
             raise
-        print(f"vae-lit: error: {error}", file=sys.stderr)
+        if rank_zero_only.rank == 0:  # DDP ranks all fail alike; one line is enough
+            print(f"vae-lit: error: {error}", file=sys.stderr)
+        if isinstance(error, NonFiniteLossError) and in_multirun():
+            return None  # a diverged job fails alone; the sweep goes on
         sys.exit(2)
-    return metrics.get(cfg.get("optimized_metric"))
 
 
 if __name__ == "__main__":

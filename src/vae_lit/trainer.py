@@ -1,7 +1,7 @@
-"""Building the Lightning Trainer from its config, with `trainer.gpus=N` mapped the Lightning 1.x way.
+"""Building the Lightning Trainer from its config, with `trainer.gpus=N` mapped the 1.x way.
 
-`Trainer(gpus=...)` was removed in Lightning 2.0, but users (and the mission's own docs) still type it, so
-it maps to `accelerator` + `devices`. A request for a GPU on a machine without one stops here, before
+`Trainer(gpus=...)` was removed in Lightning 2.0, but users (and our own docs) still type it, so it
+maps to `accelerator` + `devices`. A request for a GPU on a machine without one stops here, before
 any data is read.
 """
 
@@ -11,12 +11,13 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning import Trainer
+from pytorch_lightning.strategies.launchers import _SubprocessScriptLauncher
 
 from vae_lit.errors import UserError
 
 
 def map_gpus(trainer_cfg: DictConfig) -> DictConfig:
-    """Return a copy of the trainer config without `gpus`, its meaning moved to accelerator/devices."""
+    """A copy of the trainer config without `gpus`, its meaning moved to accelerator/devices."""
     cfg = OmegaConf.to_container(trainer_cfg, resolve=True)
     gpus = cfg.pop("gpus", None)
     if gpus is not None:
@@ -47,6 +48,18 @@ def check_accelerator(accelerator: Any, devices: Any, gpus: Any = None) -> None:
         raise UserError(
             f"{asked} asks for {wanted} GPUs but this machine has {available}; "
             f"set trainer.gpus={available} or fewer"
+        )
+
+
+def check_launcher(trainer: Trainer, in_multirun: bool) -> None:
+    """`strategy=ddp` starts its other ranks by running this command line again; inside a Hydra
+    multirun that starts a whole sweep per rank (Lightning #11300, hydra #2070). Under SLURM or
+    torchrun the ranks already exist and nothing is relaunched, so that case is fine."""
+    relaunches = isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher)
+    if in_multirun and relaunches and trainer.num_devices > 1:
+        raise UserError(
+            "trainer.strategy=ddp relaunches the command line and cannot run inside a Hydra "
+            "multirun; use trainer.strategy=ddp_spawn for sweeps on one machine"
         )
 
 

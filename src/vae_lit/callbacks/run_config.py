@@ -1,5 +1,5 @@
-"""Store the run's resolved Hydra config in every checkpoint, so a checkpoint alone rebuilds its model
-and data (see `vae_lit.checkpoint`)."""
+"""Store the run's resolved Hydra config in every checkpoint, so a checkpoint alone rebuilds its
+model and data (see `vae_lit.checkpoint`)."""
 
 from typing import Any
 

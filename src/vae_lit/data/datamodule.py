@@ -1,7 +1,7 @@
-"""The DataModule every data set shares: each split is a uint8 array (N, C, H, W) served in batches.
+"""The DataModule every data set shares: each split is a uint8 array (N, C, H, W), in batches.
 
-Subclasses only say how to get the arrays (`load_splits`). Keeping images as uint8 until they reach the
-device makes loading a memory copy, never a decode.
+Subclasses only say how to get the arrays (`load_splits`). Keeping images as uint8 until they reach
+the device makes loading a memory copy, never a decode.
 """
 
 import numpy as np
@@ -9,6 +9,8 @@ import torch
 from pytorch_lightning import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
+from vae_lit.data.cache import usable_cores
+from vae_lit.data.device_loader import DeviceBatches
 from vae_lit.errors import UserError
 
 SPLITS = ("train", "val", "test")
@@ -41,6 +43,15 @@ def stack_batch(batch):
     return batch if isinstance(batch, torch.Tensor) else torch.stack(batch)
 
 
+def resolve_num_workers(num_workers: int | str) -> int:
+    """`auto`: one worker per core beyond the one the training loop runs on, at most 4."""
+    if num_workers == "auto":
+        return min(4, usable_cores() - 1)
+    if not str(num_workers).isdigit():
+        raise UserError(f"data.num_workers={num_workers} must be auto or an integer >= 0")
+    return int(num_workers)
+
+
 def split_indices(num_items: int, val_fraction: float, test_fraction: float, seed: int):
     """A seeded random train/val/test partition of range(num_items)."""
     order = np.random.default_rng(seed).permutation(num_items)
@@ -60,10 +71,11 @@ class ImageDataModule(LightningDataModule):
         image_size: int,
         channels: int = 3,
         batch_size: int = 64,
-        num_workers: int = 0,
+        num_workers: int | str = 0,
         val_fraction: float = 0.1,
         test_fraction: float = 0.1,
         seed: int = 0,
+        on_device: bool = False,
     ):
         super().__init__()
         if int(batch_size) <= 0:
@@ -72,31 +84,69 @@ class ImageDataModule(LightningDataModule):
             0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1
         ):
             raise UserError(
-                f"data.val_fraction={val_fraction} and data.test_fraction={test_fraction} must be in "
-                "[0, 1) and leave some images for training"
+                f"data.val_fraction={val_fraction} and data.test_fraction={test_fraction} must be "
+                "in [0, 1) and leave some images for training"
             )
         self.image_size, self.channels = int(image_size), int(channels)
-        self.batch_size, self.num_workers = int(batch_size), int(num_workers)
+        self.batch_size, self.num_workers = int(batch_size), resolve_num_workers(num_workers)
         self.val_fraction, self.test_fraction, self.seed = val_fraction, test_fraction, seed
+        self.on_device = bool(on_device)
         self.splits: dict[str, ImageArrayDataset] = {}
+        self.device_images: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def load_splits(self) -> dict[str, ImageArrayDataset]:
         raise NotImplementedError
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model trains: the trainer's device, or the CPU outside a trainer."""
+        trainer = getattr(self, "trainer", None)
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
     def setup(self, stage: str | None = None) -> None:
         if not self.splits:
             self.splits = self.load_splits()
+        if self.on_device and not self.device_images:
+            self.device_images = self.move_to_device(self.device)
 
-    def dataloader(self, split: str, shuffle: bool = False) -> DataLoader:
+    def move_to_device(self, device: torch.device) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Each split as (images, row indices) on `device`; splits of one array share one copy."""
+        copies: dict[int, torch.Tensor] = {}
+        moved = {}
+        for split, dataset in self.splits.items():
+            key = id(dataset.images)
+            if key not in copies:
+                images = dataset.images
+                if not images.flags.writeable:  # a read-only memory map: read it into RAM first
+                    images = np.array(images)
+                copies[key] = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+            moved[split] = (copies[key], torch.as_tensor(dataset.indices, device=device))
+        return moved
+
+    def dataloader(self, split: str, shuffle: bool = False) -> DataLoader | DeviceBatches:
         dataset = self.splits[split]
+        drop_last = shuffle and len(dataset) > self.batch_size
+        if self.on_device:
+            trainer = getattr(self, "trainer", None)
+            images, indices = self.device_images[split]
+            return DeviceBatches(
+                images,
+                indices,
+                self.batch_size,
+                shuffle=shuffle,
+                drop_last=drop_last,
+                seed=self.seed,
+                rank=trainer.global_rank if trainer is not None else 0,
+                world_size=trainer.world_size if trainer is not None else 1,
+            )
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
-            drop_last=shuffle and len(dataset) > self.batch_size,
+            drop_last=drop_last,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
+            pin_memory=self.device.type == "cuda",
             collate_fn=stack_batch,
         )
 

@@ -1,8 +1,8 @@
-"""A dSprites-style data set, rendered on the fly: coloured 2D shapes with known generating factors.
+"""A dSprites-style data set, rendered on the fly: coloured 2D shapes with known factors.
 
 No download: images come from a seeded generator, so every machine gets the same data. The factors
-(shape, colour, scale, rotation, x, y) are kept as integer indices into the grids below, so evaluation can
-score how well a latent code separates them (mutual information gap).
+(shape, colour, scale, rotation, x, y) are kept as integer indices into the grids below, so
+evaluation can score how well a latent code separates them (mutual information gap).
 """
 
 import math
@@ -23,7 +23,7 @@ COLOURS = np.array(
 )
 SCALES = np.linspace(0.55, 1.0, 6, dtype=np.float32)
 ROTATIONS = np.linspace(0, 2 * math.pi, 40, endpoint=False, dtype=np.float32)
-POSITIONS = np.linspace(-0.5, 0.5, 16, dtype=np.float32)
+POSITIONS = np.linspace(-0.38, 0.38, 16, dtype=np.float32)
 FACTOR_NAMES = ("shape", "colour", "scale", "rotation", "x", "y")
 FACTOR_SIZES = (
     len(SHAPES),
@@ -34,7 +34,7 @@ FACTOR_SIZES = (
     len(POSITIONS),
 )
 SUPERSAMPLE = 2  # render at twice the size and average: smooth edges at any resolution
-BASE_RADIUS = 0.42  # a scale-1 shape spans about 40% of the image
+BASE_RADIUS = 0.6  # large shapes: colour and shape then carry enough pixels to learn fast
 
 
 def sample_factors(num_images: int, seed: int) -> np.ndarray:

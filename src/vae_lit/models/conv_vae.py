@@ -1,6 +1,6 @@
 """Convolutional VAE: stride-2 conv encoder, bilinear-upsample + conv decoder.
 
-Every stride-2 conv (kernel 3, padding 1) maps a side n to ceil(n / 2): 150 -> 75 -> 38 -> 19 -> 10.
+A stride-2 conv (kernel 3, padding 1) maps a side n to ceil(n / 2): 150 -> 75 -> 38 -> 19 -> 10.
 The decoder upsamples to exactly the encoder's recorded sizes in reverse, so any square input size
 comes back unchanged, odd sizes included.
 """
@@ -72,11 +72,14 @@ class ConvDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = torch.relu(self.from_latent(z)).view(z.shape[0], *self.start_shape)
+        if self.blocks[1].weight.is_contiguous(memory_format=torch.channels_last):
+            # a channels_last network: convert this small map once, not every upsampled one
+            h = h.contiguous(memory_format=torch.channels_last)
         return self.blocks(h)
 
 
 class ConvVAE(nn.Module):
-    """The default network. Works for any square `image_size` >= 16, 1 or 3 channels, any latent size."""
+    """The default network: any square `image_size` >= 16, 1 or 3 channels, any latent size."""
 
     def __init__(
         self,

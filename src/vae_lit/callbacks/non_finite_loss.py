@@ -1,0 +1,114 @@
+"""Stop a run whose training loss went NaN or infinite, or skip such batches a few times.
+
+Once a loss is not finite, the optimizer step makes every weight NaN, and the next checkpoint
+would be worthless. Raising before any checkpoint callback runs keeps the last checkpoint good, and
+the message says which step failed and where that checkpoint is. `action=skip` drops the batch's
+update instead (all gradients set to None, so the optimizer leaves weights and moments alone), up
+to `max_skips` times, then stops.
+"""
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from pytorch_lightning import Callback, LightningModule, Trainer
+
+from vae_lit.errors import UserError
+
+log = logging.getLogger(__name__)
+
+ACTIONS = ("stop", "skip")
+
+
+class NonFiniteLossError(UserError):
+    """Training diverged. Printed as one line; a sweep records the job as failed and goes on."""
+
+
+class NonFiniteLoss(Callback):
+    def __init__(self, action: str = "stop", max_skips: int = 0):
+        if action not in ACTIONS:
+            raise UserError(
+                f"callbacks.non_finite_loss.action={action!r} is unknown; "
+                f"use one of: {', '.join(ACTIONS)}"
+            )
+        if int(max_skips) < 0:
+            raise UserError(f"callbacks.non_finite_loss.max_skips={max_skips} must be >= 0")
+        self.action, self.max_skips = action, int(max_skips)
+        self.skipped = 0
+        self._skip_this_step = False
+        self._where = ""
+
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._where = (
+            f"step {trainer.global_step} (epoch {trainer.current_epoch}, batch {batch_idx})"
+        )
+
+    def on_before_backward(self, trainer: Trainer, pl_module: LightningModule, loss: torch.Tensor):
+        """`skip` must decide before the update; it costs one host sync per step."""
+        self._skip_this_step = False
+        if self.action != "skip" or not self._is_bad(trainer, loss):
+            return
+        if self.skipped >= self.max_skips:
+            self._stop(trainer, loss)
+        self.skipped += 1
+        self._skip_this_step = True
+        log.warning(
+            f"training loss is {loss.item()} at {self._where}: batch skipped "
+            f"({self.skipped} of at most {self.max_skips})"
+        )
+
+    def on_before_optimizer_step(
+        self, trainer: Trainer, pl_module: LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        if self._skip_this_step:
+            for group in optimizer.param_groups:
+                for param in group["params"]:
+                    param.grad = None  # torch optimizers skip parameters without a gradient
+
+    def on_train_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        """`stop` looks after the step, where the progress bar syncs anyway. The spoiled weights
+        are never saved: Lightning runs checkpoint callbacks after all others."""
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if self.action == "stop" and loss is not None and self._is_bad(trainer, loss):
+            self._stop(trainer, loss)
+
+    @staticmethod
+    def _is_bad(trainer: Trainer, loss: torch.Tensor) -> bool:
+        bad = not bool(torch.isfinite(loss.detach()).all())
+        if trainer.world_size > 1:  # every rank must take the same branch, or DDP hangs
+            bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
+        return bad
+
+    def _stop(self, trainer: Trainer, loss: torch.Tensor) -> None:
+        skipped = f" after skipping {self.skipped} batches" if self.skipped else ""
+        raise NonFiniteLossError(
+            f"training loss is {loss.item()} at {self._where}{skipped}; training stopped. "
+            f"Last good checkpoint: {last_good_checkpoint(trainer)}. "
+            "Lower model.optimizer.lr or set trainer.gradient_clip_val"
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"skipped": self.skipped}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.skipped = state_dict.get("skipped", 0)
+
+
+def last_good_checkpoint(trainer: Trainer) -> str:
+    """The newest checkpoint written before the failure, or a note that there is none."""
+    callback = trainer.checkpoint_callback
+    paths = [getattr(callback, "last_model_path", ""), getattr(callback, "best_model_path", "")]
+    existing = [Path(p) for p in paths if p and Path(p).is_file()]
+    if not existing:
+        return "none (no checkpoint was saved before it)"
+    return str(max(existing, key=lambda p: p.stat().st_mtime))

@@ -1,0 +1,296 @@
+"""Evaluation entry point: `python -m vae_lit.eval ckpt=<path> [overrides]`.
+
+Scores a checkpoint on the test split with numbers that expose what a loss curve hides: the
+importance-weighted likelihood (a loose ELBO undersells a model), reconstruction error, active
+units (posterior collapse) and, where the data has ground-truth factors, the mutual information
+gap. Prints a table, writes `eval.json` next to the checkpoint, logs `eval/*` to the run's loggers.
+"""
+
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from hydra.utils import get_object, instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning import LightningDataModule
+from pytorch_lightning.loggers import CSVLogger, Logger
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from vae_lit.checkpoint import load_checkpoint
+from vae_lit.data.datamodule import SPLITS
+from vae_lit.data.sprites import FACTOR_NAMES
+from vae_lit.data.sprites_datamodule import SpritesDataModule
+from vae_lit.errors import UserError, find_user_error
+from vae_lit.lit_module import VAELitModule, to_float_images
+from vae_lit.loggers import finish_wandb
+from vae_lit.metrics.active_units import ACTIVITY_THRESHOLD, ActiveUnits
+from vae_lit.metrics.image_quality import mse_per_image, psnr_per_image
+from vae_lit.metrics.iwae import importance_weighted_log_likelihood
+from vae_lit.metrics.mig import NUM_BINS, factor_gaps
+
+log = logging.getLogger(__name__)
+
+# What goes to the loggers as eval/<key>; the rest of eval.json (k, image count, ...) is metadata.
+LOGGED_METRICS = (
+    "neg_elbo",
+    "recon",
+    "kl",
+    "iwae_nll",
+    "bits_per_dim",
+    "mse",
+    "psnr",
+    "active_units",
+    "mig",
+    "fid",
+)
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks a CUDA GPU when there is one; asking for one that is not there is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(
+            f"device={name!r} is not a device; use auto, cpu, cuda or cuda:N"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device={name} but no CUDA GPU is visible; use device=cpu or device=auto")
+    return device
+
+
+def factor_names(datamodule: LightningDataModule, num_factors: int) -> list[str]:
+    """Names for the columns of `datamodule.factors`, for the per-factor MIG rows."""
+    if isinstance(datamodule, SpritesDataModule):
+        return list(FACTOR_NAMES)
+    return [f"factor_{i}" for i in range(num_factors)]
+
+
+@torch.no_grad()
+def evaluate_model(
+    module: VAELitModule,
+    datamodule: LightningDataModule,
+    split: str = "test",
+    k: int = 100,
+    max_decodes: int = 512,
+    active_threshold: float = ACTIVITY_THRESHOLD,
+    mig_bins: int = NUM_BINS,
+    fid: Any = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """All metrics of `module` on one split of a set-up datamodule, as plain numbers.
+
+    `fid` is an optional torchmetrics FID metric: it compares the split's images with as many
+    samples from the prior.
+    """
+    device = module.device
+    module.eval()
+    torch.manual_seed(seed)
+    generator = torch.Generator(device).manual_seed(seed)
+    sample_generator = torch.Generator().manual_seed(seed)
+    active = ActiveUnits(module.latent_dim, active_threshold).to(device)
+    keys = ("neg_elbo", "recon", "kl", "iwae_ll", "mse", "psnr")
+    sums = {key: torch.zeros((), dtype=torch.float64, device=device) for key in keys}
+    means, count = [], 0
+    if fid is not None:
+        from vae_lit.metrics.fid import as_rgb
+    for batch in getattr(datamodule, f"{split}_dataloader")():
+        images = to_float_images(batch.to(device, non_blocking=True))
+        n = images.shape[0]
+        out = module.net(images)
+        terms = module.loss(images, out.logits, out.mu, out.logvar)
+        reconstructions = module.decode(out.mu)
+        iwae = importance_weighted_log_likelihood(
+            module.net, module.loss, images, k, max_decodes, generator
+        )
+        for key, value in (
+            ("neg_elbo", terms.neg_elbo * n),
+            ("recon", terms.recon * n),
+            ("kl", terms.kl * n),
+            ("iwae_ll", iwae.sum()),
+            ("mse", mse_per_image(images, reconstructions).sum()),
+            ("psnr", psnr_per_image(images, reconstructions).sum()),
+        ):
+            sums[key] += value.double()
+        active.update(out.mu)
+        means.append(out.mu.float().cpu())
+        if fid is not None:
+            fid.update(as_rgb(images), real=True)
+            fid.update(as_rgb(module.sample(n, generator=sample_generator)), real=False)
+        count += n
+    if count == 0:
+        raise UserError(
+            f"the {split} split has no images; evaluate another split (split=val) or give the "
+            f"data a {split} share (data.{split}_fraction)"
+        )
+    totals = {key: float(value) / count for key, value in sums.items()}
+    dims = module.net.channels * module.net.image_size**2
+    metrics: dict[str, Any] = {
+        "split": split,
+        "num_images": count,
+        "neg_elbo": totals["neg_elbo"],
+        "recon": totals["recon"],
+        "kl": totals["kl"],
+        "iwae_k": k,
+        "iwae_nll": -totals["iwae_ll"],
+        "bits_per_dim": -totals["iwae_ll"] / (dims * math.log(2)),
+        "mse": totals["mse"],
+        "psnr": totals["psnr"],
+        "active_units": int(active.compute()),
+        "active_threshold": active_threshold,
+        "latent_dim": module.latent_dim,
+    }
+    factors = getattr(datamodule, "factors", {}).get(split)
+    if factors is not None and len(factors) == count:
+        gaps = factor_gaps(torch.cat(means).numpy(), factors, mig_bins)
+        if not np.isnan(gaps).all():
+            metrics["mig"] = float(np.nanmean(gaps))
+            names = factor_names(datamodule, factors.shape[1])
+            metrics["mig_per_factor"] = {
+                name: float(gap)
+                for name, gap in zip(names, gaps, strict=True)
+                if not np.isnan(gap)
+            }
+    if fid is not None:
+        metrics["fid"] = float(fid.compute())
+    return metrics
+
+
+def metrics_table(metrics: dict[str, Any], title: str = "Evaluation") -> Table:
+    """The metrics as a rich table, each row saying what its number means."""
+    n = metrics["num_images"]
+    table = Table(title=escape(f"{title} ({metrics['split']} split, {n} images)"))
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column("what it says")
+    m = metrics
+    rows = [
+        ("negative ELBO", f"{m['neg_elbo']:.2f} nats", "bound on -log p(x), per image"),
+        ("  reconstruction", f"{m['recon']:.2f} nats", "-log p(x|z), one z ~ q(z|x)"),
+        ("  KL", f"{m['kl']:.2f} nats", "KL(q(z|x) || p(z)); ~0: collapse"),
+        (f"IWAE NLL (k={m['iwae_k']})", f"{m['iwae_nll']:.2f} nats", "tighter -log p(x) estimate"),
+        ("bits per dim", f"{m['bits_per_dim']:.4f}", "IWAE NLL / (pixels*channels*ln 2)"),
+        ("MSE", f"{m['mse']:.5f}", "posterior-mean reconstruction"),
+        ("PSNR", f"{m['psnr']:.2f} dB", "mean over images; higher is better"),
+        (
+            "active units",
+            f"{m['active_units']} / {m['latent_dim']}",
+            f"posterior-mean variance > {m.get('active_threshold', ACTIVITY_THRESHOLD):g}",
+        ),
+    ]
+    if "mig" in m:
+        rows.append(("MIG", f"{m['mig']:.3f}", "disentanglement, 0 to 1"))
+        rows += [(f"  {name}", f"{gap:.3f}", "") for name, gap in m["mig_per_factor"].items()]
+    if "fid" in m:
+        rows.append(("FID", f"{m['fid']:.2f}", "prior samples vs images; lower is better"))
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def log_to_run_loggers(run_cfg: DictConfig, metrics: dict[str, Any], step: int) -> None:
+    """Log eval/* to the loggers the run was trained with. CSV is skipped: Lightning's CSV logger
+    would replace the run's metrics.csv, and eval.json is the same record in a file."""
+    scalars = {f"eval/{key}": float(metrics[key]) for key in LOGGED_METRICS if key in metrics}
+    loggers: list[Logger] = []
+    for name, entry in (run_cfg.get("logger") or {}).items():
+        if not entry or "_target_" not in entry:
+            continue
+        target = get_object(entry._target_)
+        if isinstance(target, type) and issubclass(target, CSVLogger):
+            continue
+        save_dir = entry.get("save_dir")
+        if save_dir and not Path(save_dir).exists():
+            log.info(f"Not logging to {name}: its directory {save_dir} is gone")
+            continue
+        logger = instantiate(entry)
+        logger.log_metrics(scalars, step=step)
+        logger.finalize("success")
+        loggers.append(logger)
+        log.info(f"Logged eval/* to the run's {name} logger")
+    finish_wandb(loggers)  # W&B keeps the run open otherwise; the id file resumed the same run
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate `cfg.ckpt` as the config says: print the table, write the JSON, return metrics."""
+    if OmegaConf.is_missing(cfg, "ckpt"):
+        raise UserError("ckpt is not set; pass ckpt=<run dir>/checkpoints/last.ckpt")
+    if cfg.split not in SPLITS:
+        raise UserError(f"split={cfg.split!r} is unknown; use one of: {', '.join(SPLITS)}")
+    device = resolve_device(str(cfg.device))
+    ckpt = Path(cfg.ckpt)
+    module, run_cfg = load_checkpoint(ckpt, map_location=str(device))
+    module.to(device)
+    data_cfg = cfg.get("data") or run_cfg.data
+    if cfg.eval.get("batch_size"):
+        data_cfg = data_cfg.copy()
+        with open_dict(data_cfg):
+            data_cfg.batch_size = cfg.eval.batch_size
+    log.info(f"Instantiating datamodule <{data_cfg._target_}>")
+    datamodule: LightningDataModule = instantiate(data_cfg)
+    net = module.net
+    if (datamodule.image_size, datamodule.channels) != (net.image_size, net.channels):
+        raise UserError(
+            f"data.image_size={datamodule.image_size} and data.channels={datamodule.channels} "
+            f"do not match the model ({net.image_size} px, {net.channels} channels); leave data "
+            "unset to use the checkpoint's data"
+        )
+    datamodule.setup("test")
+
+    fid = None
+    if cfg.eval.fid:
+        from vae_lit.metrics.fid import FIDUnavailable, fid_metric
+
+        try:
+            fid = fid_metric(cfg.eval.get("fid_weights")).to(device)
+        except FIDUnavailable as exc:
+            log.warning(f"FID skipped: {exc}")
+
+    log.info(f"Evaluating {ckpt} on the {cfg.split} split (IWAE k={cfg.eval.k}, {device})")
+    metrics = evaluate_model(
+        module,
+        datamodule,
+        split=cfg.split,
+        k=int(cfg.eval.k),
+        max_decodes=int(cfg.eval.max_decodes),
+        active_threshold=float(cfg.eval.active_threshold),
+        mig_bins=int(cfg.eval.mig_bins),
+        fid=fid,
+        seed=int(cfg.seed),
+    )
+    checkpoint = torch.load(ckpt, map_location="cpu", mmap=True, weights_only=False)
+    step = int(checkpoint.get("global_step", 0))
+    metrics = {"checkpoint": str(ckpt), "global_step": step, **metrics}
+
+    Console().print(metrics_table(metrics, title=f"vae-lit eval: {ckpt}"))
+    json_path = Path(cfg.eval.json) if cfg.eval.get("json") else ckpt.parent / "eval.json"
+    json_path.write_text(json.dumps(metrics, indent=2) + "\n")
+    log.info(f"Wrote {json_path}")
+    if cfg.eval.log_to_run:
+        log_to_run_loggers(run_cfg, metrics, step)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="../../configs", config_name="eval.yaml")
+def main(cfg: DictConfig) -> None:
+    try:
+        evaluate(cfg)
+    except Exception as exc:  # a user's mistake is one line; a bug keeps its traceback
+        error = find_user_error(exc)
+        if error is None:
+            raise
+        print(f"vae-lit: error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""Pictures from a trained model: `python -m vae_lit.sample ckpt=<path> [n=64] [out=<file>]`.
+
+The checkpoint alone is enough: the config that built the model travels inside it.
+`mode=sample` decodes `n` points z ~ N(0, I) drawn from `seed`, the very points the sample grid
+callback draws, so `n=64 seed=0` redraws a run's `sample_{epoch}.png` from that epoch's checkpoint.
+`mode=interpolate` draws rows of `nrow` points along great circles between two such points.
+"""
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from vae_lit.callbacks.image_grids import fixed_latents, image_grid, save_png
+from vae_lit.callbacks.latent_views import slerp
+from vae_lit.checkpoint import load_checkpoint
+from vae_lit.errors import UserError, find_user_error
+
+log = logging.getLogger(__name__)
+
+MODES = ("sample", "interpolate")
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(
+            f"device={device} asks for a GPU but no CUDA GPU was found; use device=cpu"
+        )
+    return torch.device(device)
+
+
+def latent_codes(mode: str, n: int, nrow: int, latent_dim: int, seed: int) -> torch.Tensor:
+    """The (n, latent_dim) points a grid decodes."""
+    if mode == "sample":
+        return fixed_latents(n, latent_dim, seed)
+    ends = fixed_latents(2 * (n // nrow), latent_dim, seed)
+    rows = len(ends) // 2
+    return slerp(ends[:rows], ends[rows:], nrow).flatten(0, 1)
+
+
+def sample(cfg: DictConfig) -> Path:
+    """Write the grid the config asks for; return its path."""
+    if OmegaConf.is_missing(cfg, "ckpt"):
+        raise UserError("ckpt is missing; pass ckpt=<run dir>/checkpoints/last.ckpt")
+    if cfg.mode not in MODES:
+        raise UserError(f"mode={cfg.mode} is unknown; use one of: {', '.join(MODES)}")
+    if cfg.n <= 0 or cfg.nrow <= 0:
+        raise UserError(f"n={cfg.n} and nrow={cfg.nrow} must be positive integers")
+    if cfg.mode == "interpolate" and cfg.n % cfg.nrow:
+        raise UserError(
+            f"n={cfg.n} must be a multiple of nrow={cfg.nrow} with mode=interpolate "
+            "(each row is one path)"
+        )
+    device = pick_device(cfg.device)
+    module, _ = load_checkpoint(cfg.ckpt)
+    module.to(device)
+    codes = latent_codes(cfg.mode, cfg.n, cfg.nrow, module.latent_dim, cfg.seed)
+    with torch.no_grad():
+        images = torch.cat([module.decode(batch.to(device)).cpu() for batch in codes.split(256)])
+    out = save_png(image_grid(images, cfg.nrow), Path(cfg.out))
+    log.info(f"Wrote {cfg.n} images ({cfg.mode}) from {cfg.ckpt} to {out}")
+    return out
+
+
+@hydra.main(version_base="1.3", config_path="../../configs", config_name="sample.yaml")
+def main(cfg: DictConfig) -> None:
+    try:
+        sample(cfg)
+    except Exception as exc:  # a user's mistake is one line; a bug keeps its traceback
+        error = find_user_error(exc)
+        if error is None:
+            raise
+        print(f"vae-lit: error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

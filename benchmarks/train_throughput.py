@@ -20,15 +20,17 @@ One process, one run, one JSON line on stdout (progress goes to stderr). What it
   is what Lightning costs.
 
 Data is random uint8 images in RAM served by the project's own DataModule, so loading costs one
-memory copy a batch. Every path is timed in every round, round-robin, so a neighbour's load hits
-all paths alike; each path reports its best round, and each round times `--steps` steps after
-`--warmup` untimed ones.
+memory copy a batch. Every path is timed in every round, round-robin, with the peak measured
+next to each, so a neighbour's load hits all of them alike; each reports its best round, and each
+round times `--steps` steps after `--warmup` untimed ones. `max_round_spread` and `load_avg_1m`
+say how quiet the machine was: a spread well above 1 means the ratios are not to be trusted.
 """
 
 import argparse
 import json
 import os
 import platform
+import re
 import resource
 import sys
 import tempfile
@@ -107,6 +109,16 @@ def device_name(device: torch.device) -> str:
         pass
     isa = [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in flags]
     return f"{model}, {torch.get_num_threads()} threads" + (f" ({', '.join(isa)})" if isa else "")
+
+
+def library_versions() -> dict[str, str]:
+    """oneDNN and MKL as this torch build reports them: they decide the CPU kernels."""
+    build = torch.__config__.show()
+    found = {
+        "onednn": re.search(r"MKL-DNN v([\d.]+)", build),
+        "mkl": re.search(r"Math Kernel Library Version ([\d.]+)", build),
+    }
+    return {name: match.group(1) for name, match in found.items() if match}
 
 
 def synchronize(device: torch.device) -> None:
@@ -300,6 +312,8 @@ def main(argv: list[str] | None = None) -> dict:
         on_device=bool(cfg.data.get("on_device", False)),
     )
     datamodule.setup()
+    if datamodule.on_device:  # `data.on_device=true`: the uint8 images live on the accelerator
+        datamodule.device_images = datamodule.move_to_device(device)
     loader = datamodule.dataloader("train", shuffle=True)
 
     log(f"device: {device_name(device)}; counting FLOPs")
@@ -330,18 +344,31 @@ def main(argv: list[str] | None = None) -> dict:
             )
 
     peak_runs: dict[str, list[float]] = {}
+    dtypes = [("fp32", torch.float32)] + ([("bf16", torch.bfloat16)] if has_bf16 else [])
+
+    def measure_peak() -> None:
+        for dtype_name, dtype in dtypes:
+            for lib, gflops in dense_gflops(dtype, device, args.peak_size, reps=3).items():
+                peak_runs.setdefault(f"{dtype_name}_{lib}", []).append(gflops)
+
+    # The peak is measured next to every path, so that a quiet moment which flatters a path's best
+    # round is also a quiet moment for the peak: a best-of ratio never mixes quiet and busy.
+    load_start = os.getloadavg()[0]
     per_round: dict[str, list[float]] = {name: [] for name in paths}
     for r in range(args.rounds):
-        for dtype_name, dtype in [("fp32", torch.float32)] + (
-            [("bf16", torch.bfloat16)] if has_bf16 else []
-        ):
-            for lib, gflops in dense_gflops(dtype, device, args.peak_size, reps=5).items():
-                peak_runs.setdefault(f"{dtype_name}_{lib}", []).append(gflops)
         for name, run in paths.items():
+            measure_peak()
             per_round[name].append(batch * args.steps / run())
         log(
             f"round {r + 1}/{args.rounds}: "
             + ", ".join(f"{k} {v[-1]:.1f}" for k, v in per_round.items())
+        )
+    measure_peak()
+    spread = max(max(v) / min(v) for v in per_round.values())
+    if spread > 1.25:
+        log(
+            f"timings varied {spread:.2f}x between rounds: something else used the "
+            f"{device.type.upper()}; ratios are unreliable, re-run on a quiet machine"
         )
 
     img_s = {name: max(values) for name, values in per_round.items()}
@@ -392,6 +419,10 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "per_round_img_s": {k: [round(x, 1) for x in v] for k, v in per_round.items()},
         "rounds": args.rounds,
+        "max_round_spread": round(
+            spread, 2
+        ),  # slowest vs fastest round of one path; ~1 when quiet
+        "load_avg_1m": [round(load_start, 2), round(os.getloadavg()[0], 2)],
         "steps_per_round": args.steps,
         "overrides": args.override,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
@@ -399,9 +430,7 @@ def main(argv: list[str] | None = None) -> dict:
             "python": platform.python_version(),
             "torch": torch.__version__,
             "pytorch_lightning": pl.__version__,
-            "onednn": ".".join(map(str, torch.backends.mkldnn.version()))
-            if hasattr(torch.backends.mkldnn, "version")
-            else None,
+            **library_versions(),
         },
     }
     return result

@@ -12,14 +12,14 @@ from hydra.utils import instantiate
 from vae_lit.losses import BernoulliNLL
 from vae_lit.train import train
 
-# ~480 optimizer steps on 16x16 sprites, past the early plateau. Two precisions from one seed still
-# drift apart like two seeds do (about 0.5% here), so each side is the mean of two seeded runs.
+# ~960 optimizer steps on 16x16 sprites. Two precisions from one seed still drift apart like two
+# seeds do (about +-1% here), so each side is the mean of two seeded runs.
 SEEDS = (1, 2)
 BUDGET = [
     *TINY,
     "data.num_images=1200",
-    "trainer.max_epochs=8",
-    "trainer.check_val_every_n_epoch=8",
+    "trainer.max_epochs=16",
+    "trainer.check_val_every_n_epoch=16",
     "callbacks=none",
     "logger=none",
     "test=false",
@@ -47,12 +47,12 @@ def mean_val_loss(output_dir: Path, precision: str) -> float:
 
 
 @pytest.mark.slow
-def test_bf16_mixed_reaches_the_fp32_validation_loss_within_one_percent(
-    tmp_path: Path, one_thread
-):
+def test_bf16_mixed_does_not_hurt_the_validation_loss(tmp_path: Path, one_thread):
     fp32 = mean_val_loss(tmp_path, "32-true")
     bf16 = mean_val_loss(tmp_path, "bf16-mixed")
-    assert abs(bf16 - fp32) <= 0.01 * fp32, f"val/loss bf16-mixed {bf16:.3f} vs fp32 {fp32:.3f}"
+    numbers = f"val/loss bf16-mixed {bf16:.3f} vs fp32 {fp32:.3f}"
+    assert bf16 <= 1.01 * fp32, f"bf16-mixed trains worse: {numbers}"
+    assert abs(bf16 - fp32) <= 0.03 * fp32, f"bf16-mixed trains another model: {numbers}"
 
 
 def test_bernoulli_nll_matches_binary_cross_entropy_with_logits():

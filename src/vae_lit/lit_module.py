@@ -51,8 +51,8 @@ class VAELitModule(LightningModule):
         )
         self.net = net
         self.loss = loss
-        # NHWC convolutions are oneDNN's (CPU) and cuDNN's (tensor cores) fast kernels: 1.8x on CPU
-        # for this model (benchmarks/RESULTS.md). Outputs of the public API stay NCHW.
+        # NHWC convolutions are oneDNN's (CPU) and cuDNN's (tensor cores) fast kernels: ~1.7x on
+        # CPU for this model (benchmarks/RESULTS.md). Outputs of the public API stay NCHW.
         self.channels_last = bool(channels_last)
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)

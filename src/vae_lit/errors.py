@@ -1,6 +1,12 @@
 """The one exception type for bad user input: entry points print it as one line, no traceback."""
 
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
 from omegaconf.errors import MissingMandatoryValue
+
+T = TypeVar("T")
 
 
 class UserError(Exception):
@@ -19,3 +25,16 @@ def find_user_error(exc: BaseException | None) -> UserError | None:
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+def exit_on_user_error(task: Callable[[], T]) -> T:
+    """Run an entry point's work: a user's mistake becomes one line and exit code 2, while a bug
+    keeps its traceback."""
+    try:
+        return task()
+    except Exception as exc:
+        error = find_user_error(exc)
+        if error is None:
+            raise
+        print(f"vae-lit: error: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -9,7 +9,6 @@ gap. Prints a table, writes `eval.json` next to the checkpoint, logs `eval/*` to
 import json
 import logging
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from vae_lit.checkpoint import load_checkpoint
 from vae_lit.data.datamodule import SPLITS
 from vae_lit.data.sprites import FACTOR_NAMES
 from vae_lit.data.sprites_datamodule import SpritesDataModule
-from vae_lit.errors import UserError, find_user_error
+from vae_lit.errors import UserError, exit_on_user_error
 from vae_lit.lit_module import VAELitModule, to_float_images
 from vae_lit.loggers import finish_wandb
 from vae_lit.metrics.active_units import ACTIVITY_THRESHOLD, ActiveUnits
@@ -282,14 +281,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="../../configs", config_name="eval.yaml")
 def main(cfg: DictConfig) -> None:
-    try:
-        evaluate(cfg)
-    except Exception as exc:  # a user's mistake is one line; a bug keeps its traceback
-        error = find_user_error(exc)
-        if error is None:
-            raise
-        print(f"vae-lit: error: {error}", file=sys.stderr)
-        sys.exit(2)
+    exit_on_user_error(lambda: evaluate(cfg))
 
 
 if __name__ == "__main__":

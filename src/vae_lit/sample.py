@@ -7,7 +7,6 @@ callback draws, so `n=64 seed=0` redraws a run's `sample_{epoch}.png` from that 
 """
 
 import logging
-import sys
 from pathlib import Path
 
 import hydra
@@ -17,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from vae_lit.callbacks.image_grids import fixed_latents, image_grid, save_png
 from vae_lit.callbacks.latent_views import slerp
 from vae_lit.checkpoint import load_checkpoint
-from vae_lit.errors import UserError, find_user_error
+from vae_lit.errors import UserError, exit_on_user_error
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +68,7 @@ def sample(cfg: DictConfig) -> Path:
 
 @hydra.main(version_base="1.3", config_path="../../configs", config_name="sample.yaml")
 def main(cfg: DictConfig) -> None:
-    try:
-        sample(cfg)
-    except Exception as exc:  # a user's mistake is one line; a bug keeps its traceback
-        error = find_user_error(exc)
-        if error is None:
-            raise
-        print(f"vae-lit: error: {error}", file=sys.stderr)
-        sys.exit(2)
+    exit_on_user_error(lambda: sample(cfg))
 
 
 if __name__ == "__main__":

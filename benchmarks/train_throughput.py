@@ -32,6 +32,7 @@ import os
 import platform
 import re
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -433,6 +434,7 @@ def main(argv: list[str] | None = None) -> dict:
             **library_versions(),
         },
     }
+    shutil.rmtree(root, ignore_errors=True)  # checkpoints, logs and W&B files of the timed runs
     return result
 
 

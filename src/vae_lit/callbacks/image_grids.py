@@ -75,6 +75,9 @@ def candidate_datasets(trainer: Trainer) -> Iterator:
     if trainer.datamodule is not None:
         yield dataset_of(trainer.datamodule.val_dataloader())
     yield dataset_of(trainer.train_dataloader)
+    splits = getattr(trainer.datamodule, "splits", {})  # data.on_device serves no `.dataset`
+    yield splits.get("val")
+    yield splits.get("train")
 
 
 @contextmanager

@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP) ## Create .venv and install vae-lit with its pinned dependencies (torch CPU/GPU pair)
 
-train: $(STAMP) ## Train the default VAE on the embedded sprites data (about 3 minutes on 2 CPU cores)
+train: $(STAMP) ## Train the default VAE on the embedded sprites data (2-6 minutes on 2 CPU cores)
 	$(BIN)/python -m vae_lit.train $(ARGS)
 
 eval: $(STAMP) ## Evaluate a checkpoint on its test split: make eval CKPT=<run>/checkpoints/last.ckpt

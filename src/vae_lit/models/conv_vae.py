@@ -54,7 +54,7 @@ class ConvDecoder(nn.Module):
     """z -> per-pixel logits, mirroring the encoder with bilinear upsampling + conv blocks."""
 
     def __init__(
-        self, channels: int, hidden_channels: list[int], sizes: list[int], latent_dim: int
+        self, out_channels: int, hidden_channels: list[int], sizes: list[int], latent_dim: int
     ):
         super().__init__()
         widths = list(reversed(hidden_channels))  # [256, 128, 64, 32]
@@ -62,7 +62,7 @@ class ConvDecoder(nn.Module):
         self.from_latent = nn.Linear(latent_dim, widths[0] * sizes[-1] * sizes[-1])
         blocks = []
         targets = list(reversed(sizes[:-1]))  # [19, 38, 75, 150]
-        outs = widths[1:] + [channels]
+        outs = widths[1:] + [out_channels]
         for i, (size, in_ch, out_ch) in enumerate(zip(targets, widths, outs, strict=True)):
             blocks.append(nn.Upsample(size=(size, size), mode="bilinear", align_corners=False))
             blocks.append(nn.Conv2d(in_ch, out_ch, 3, padding=1))
@@ -87,7 +87,10 @@ class ConvVAE(nn.Module):
         channels: int = 3,
         latent_dim: int = 64,
         hidden_channels: tuple[int, ...] = (32, 64, 128, 256),
+        out_channels: int | None = None,
     ):
+        """`out_channels`: the decoder's output maps, as many as the likelihood has parameters
+        (None: one per image channel, what Bernoulli and Gaussian likelihoods take)."""
         super().__init__()
         if int(latent_dim) <= 0:
             raise UserError(f"model.net.latent_dim={latent_dim} must be a positive integer")
@@ -111,13 +114,14 @@ class ConvVAE(nn.Module):
         )
         sizes = downsampled_sizes(self.image_size, len(hidden_channels))
         self.encoder = ConvEncoder(channels, hidden_channels, sizes[-1], self.latent_dim)
-        self.decoder = ConvDecoder(channels, hidden_channels, sizes, self.latent_dim)
+        self.out_channels = int(out_channels or channels)
+        self.decoder = ConvDecoder(self.out_channels, hidden_channels, sizes, self.latent_dim)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encoder(x)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Latent codes -> logits; `torch.sigmoid` of them is the mean image."""
+        """Latent codes -> the likelihood's parameters (Bernoulli: logits), (N, out_channels, H, W)."""
         return self.decoder(z)
 
     @staticmethod

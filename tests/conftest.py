@@ -10,6 +10,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+import vae_lit  # noqa: F401  (registers the config resolvers, as every entry point does)
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "configs"
 SHARED_DATA = ROOT.parent / "shared" / "data"

@@ -1,6 +1,8 @@
 """The fast path changes speed, not results: bf16-mixed trains as well as fp32 (the evidence behind
-the default `trainer.precision`), and channels_last and the fused loss compute the same numbers."""
+`trainer.precision: auto` choosing it), and channels_last and the fused loss compute the same
+numbers. `auto` picks the precision the hardware computes natively and says why."""
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ from hydra.utils import instantiate
 
 from vae_lit.losses import BernoulliNLL
 from vae_lit.train import train
+from vae_lit.trainer import map_gpus
 
 # ~960 optimizer steps on 16x16 sprites. Two precisions from one seed still drift apart like two
 # seeds do (about +-1% here), so each side is the mean of two seeded runs.
@@ -87,3 +90,94 @@ def test_channels_last_module_gives_the_nchw_numbers_and_nchw_images(tmp_path: P
     samples = fast.sample(4, generator=torch.Generator().manual_seed(0))
     assert samples.shape == (4, 3, 16, 16) and samples.is_contiguous()
     assert fast.reconstruct(images.float() / 255).is_contiguous()
+
+
+def pretend_gpus(monkeypatch, capabilities: list[tuple[int, int]]) -> None:
+    """torch's CUDA queries answer as a machine with these GPUs would."""
+    names = {(7, 0): "Tesla V100", (7, 5): "Tesla T4", (8, 0): "A100", (9, 0): "H100"}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: len(capabilities))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=0: capabilities[i])
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: names[capabilities[i]])
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # emulation says yes
+
+
+def pretend_cpu(monkeypatch, avx512_bf16: bool, amx: bool) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+
+
+def resolved(tmp_path: Path, caplog, *overrides: str) -> tuple[str, str]:
+    """(precision, log text) of the default trainer config with `overrides`, as train.py builds it."""
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="vae_lit.trainer"):
+        trainer_cfg = map_gpus(compose_config(tmp_path, list(overrides)).trainer)
+    return trainer_cfg.precision, caplog.text
+
+
+@pytest.mark.parametrize(
+    ("capability", "expected", "reason"),
+    [
+        ((7, 0), "16-mixed", "Tesla V100 (compute capability 7.0) has no native bf16"),
+        ((7, 5), "16-mixed", "Tesla T4 (compute capability 7.5) has no native bf16"),
+        ((8, 0), "bf16-mixed", "A100 (compute capability 8.0) has bf16 tensor cores"),
+        ((9, 0), "bf16-mixed", "H100 (compute capability 9.0) has bf16 tensor cores"),
+    ],
+)
+def test_auto_precision_on_a_gpu_follows_its_compute_capability(
+    monkeypatch, tmp_path, caplog, capability, expected, reason
+):
+    pretend_gpus(monkeypatch, [capability])
+    for overrides in ([], ["trainer.gpus=1"], ["trainer=gpu"]):
+        precision, text = resolved(tmp_path, caplog, *overrides)
+        assert precision == expected
+        assert f"trainer.precision=auto chose {expected}: {reason}" in text
+
+
+def test_auto_precision_takes_the_oldest_of_several_gpus(monkeypatch, tmp_path, caplog):
+    pretend_gpus(monkeypatch, [(9, 0), (7, 5)])
+    assert resolved(tmp_path, caplog, "trainer.gpus=2")[0] == "16-mixed"
+    assert resolved(tmp_path, caplog, "trainer.gpus=[0]")[0] == "bf16-mixed"
+
+
+@pytest.mark.parametrize(
+    ("avx512_bf16", "amx", "expected", "reason"),
+    [
+        (True, False, "bf16-mixed", "the CPU computes bf16 natively (AVX512-BF16)"),
+        (True, True, "bf16-mixed", "the CPU computes bf16 natively (AVX512-BF16, AMX)"),
+        (False, True, "bf16-mixed", "the CPU computes bf16 natively (AMX)"),
+        (False, False, "32-true", "the CPU has neither AVX512-BF16 nor AMX"),
+    ],
+)
+def test_auto_precision_on_a_cpu_needs_native_bf16(
+    monkeypatch, tmp_path, caplog, avx512_bf16, amx, expected, reason
+):
+    pretend_cpu(monkeypatch, avx512_bf16, amx)
+    for overrides in ([], ["trainer=cpu"], ["trainer.gpus=0"]):
+        precision, text = resolved(tmp_path, caplog, *overrides)
+        assert precision == expected
+        assert f"trainer.precision=auto chose {expected}: {reason}" in text
+
+
+def test_a_cpu_run_on_a_gpu_machine_asks_the_cpu(monkeypatch, tmp_path, caplog):
+    pretend_gpus(monkeypatch, [(7, 5)])
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert resolved(tmp_path, caplog, "trainer=cpu")[0] == "bf16-mixed"
+
+
+@pytest.mark.parametrize("explicit", ["32-true", "bf16-mixed", "16-mixed"])
+def test_an_explicit_precision_wins_over_auto(monkeypatch, tmp_path, caplog, explicit):
+    pretend_gpus(monkeypatch, [(9, 0)])
+    assert resolved(tmp_path, caplog, f"trainer.precision={explicit}")[0] == explicit
+    pretend_cpu(monkeypatch, avx512_bf16=False, amx=False)
+    precision, text = resolved(tmp_path, caplog, f"trainer.precision={explicit}")
+    assert precision == explicit and "auto chose" not in text
+
+
+def test_explicit_bf16_on_hardware_that_emulates_it_warns(monkeypatch, tmp_path, caplog):
+    pretend_gpus(monkeypatch, [(7, 0)])
+    text = resolved(tmp_path, caplog, "trainer.precision=bf16-mixed")[1]
+    assert "trainer.precision=bf16-mixed will be emulated and slow" in text
+    assert "trainer.precision=auto would choose 16-mixed" in text

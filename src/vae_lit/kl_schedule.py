@@ -21,16 +21,21 @@ class KLSchedule:
     ):
         if kind not in KINDS:
             raise UserError(
-                f"model.kl_schedule.kind={kind!r} is unknown; use one of: {', '.join(KINDS)}"
+                f"model.objective.kl_schedule.kind={kind!r} is unknown; "
+                f"use one of: {', '.join(KINDS)}"
             )
         if beta < 0:
-            raise UserError(f"model.kl_schedule.beta={beta} must be >= 0")
+            raise UserError(f"model.objective.kl_schedule.beta={beta} must be >= 0")
         if kind == "linear" and warmup_steps <= 0:
-            raise UserError("model.kl_schedule.warmup_steps must be > 0 for kind=linear")
+            raise UserError(
+                "model.objective.kl_schedule.warmup_steps must be > 0 for kind=linear"
+            )
         if kind == "cyclical" and cycle_steps <= 0:
-            raise UserError("model.kl_schedule.cycle_steps must be > 0 for kind=cyclical")
+            raise UserError(
+                "model.objective.kl_schedule.cycle_steps must be > 0 for kind=cyclical"
+            )
         if not 0 < ramp_fraction <= 1:
-            raise UserError(f"model.kl_schedule.ramp_fraction={ramp_fraction} must be in (0, 1]")
+            raise UserError(f"model.objective.kl_schedule.ramp_fraction={ramp_fraction} must be in (0, 1]")
         self.kind, self.beta = kind, float(beta)
         self.warmup_steps, self.cycle_steps = int(warmup_steps), int(cycle_steps)
         self.ramp_fraction = float(ramp_fraction)

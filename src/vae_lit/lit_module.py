@@ -1,15 +1,18 @@
-"""Training logic: one shared step for train/val/test around a plain VAE network and its loss."""
+"""Training logic: one shared step for train/val/test that wires the four ingredients (network,
+likelihood, objective, prior); it knows none of their insides."""
 
 from collections.abc import Callable
 
 import torch
 from pytorch_lightning import LightningModule
+from torch import nn
 
-from vae_lit.kl_schedule import KLSchedule
-from vae_lit.losses import ELBOTerms, NegativeELBO
+from vae_lit.errors import UserError
+from vae_lit.likelihoods import Likelihood
 from vae_lit.metrics.active_units import ActiveUnits
 from vae_lit.metrics.image_quality import mse_per_image, psnr_per_image
-from vae_lit.models import ConvVAE
+from vae_lit.objectives import ELBO, Objective, ObjectiveTerms, negative_elbo
+from vae_lit.priors import Prior, StandardNormal
 
 
 def to_float_images(batch: torch.Tensor) -> torch.Tensor:
@@ -23,21 +26,30 @@ class VAELitModule(LightningModule):
     """A VAE under Lightning. Batches are uint8 images (N, C, H, W); they become floats in [0, 1]
     on the device, so workers and host-to-device copies move a quarter of the bytes.
 
-    Validation and test report the true bound (beta = 1, no free bits) so `val/loss` is comparable
-    across KL schedules; training reports the objective it optimises.
+    `net` maps images to q(z|x) and codes to the likelihood's parameters; `likelihood` scores
+    pixels; `prior` is p(z); `objective` turns them into the training loss. Validation and test
+    report the plain negative ELBO (beta = 1) whatever the objective, so `val/loss` compares runs.
     """
 
     def __init__(
         self,
-        net: ConvVAE,
-        loss: NegativeELBO,
+        net: nn.Module,
+        likelihood: Likelihood,
         optimizer: Callable[..., torch.optim.Optimizer],
-        kl_schedule: KLSchedule | None = None,
+        objective: Objective | None = None,
+        prior: Prior | None = None,
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         channels_last: bool = True,
         compile: bool = False,
     ):
         super().__init__()
+        self.net = net
+        self.likelihood = likelihood
+        self.objective = objective or ELBO()
+        self.prior = prior or StandardNormal(net.latent_dim)
+        self.check_ingredients()
+        self.prior.attach(net)
+        self.objective.check(self.prior)
         # Plain values only: a checkpoint must load with torch.load(weights_only=True). The full
         # config that rebuilds this module travels separately (see vae_lit.checkpoint).
         self.save_hyperparameters(
@@ -45,21 +57,35 @@ class VAELitModule(LightningModule):
                 "image_size": net.image_size,
                 "channels": net.channels,
                 "latent_dim": net.latent_dim,
-                "likelihood": loss.likelihood,
+                "likelihood": self.likelihood.name,
+                "likelihood_kind": self.likelihood.kind,
+                "objective": self.objective.name,
+                "prior": self.prior.name,
             },
             logger=False,
         )
-        self.net = net
-        self.loss = loss
         # NHWC convolutions are oneDNN's (CPU) and cuDNN's (tensor cores) fast kernels: ~1.7x on
         # CPU for this model (benchmarks/RESULTS.md). Outputs of the public API stay NCHW.
         self.channels_last = bool(channels_last)
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
         self.compile_net = bool(compile)
-        self.kl_schedule = kl_schedule or KLSchedule()
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+
+    def check_ingredients(self) -> None:
+        """Ingredients built from separate configs must agree; say which key to change."""
+        if self.net.out_channels != self.likelihood.out_channels:
+            raise UserError(
+                f"model.net.out_channels={self.net.out_channels} but model/likelihood="
+                f"{self.likelihood.name} needs {self.likelihood.out_channels} decoder maps; leave "
+                "out_channels to the config's interpolation"
+            )
+        if self.prior.latent_dim != self.net.latent_dim:
+            raise UserError(
+                f"model.prior.latent_dim={self.prior.latent_dim} differs from "
+                f"model.net.latent_dim={self.net.latent_dim}; leave it to the interpolation"
+            )
 
     @property
     def latent_dim(self) -> int:
@@ -72,7 +98,7 @@ class VAELitModule(LightningModule):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Mean image of p(x|z), in [0, 1]."""
-        return torch.sigmoid(self.net.decode(z)).contiguous()
+        return self.likelihood.mean(self.net.decode(z)).contiguous()
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
@@ -81,24 +107,34 @@ class VAELitModule(LightningModule):
         return self.decode(mu)
 
     @torch.no_grad()
+    def sample_latents(self, n: int, seed: int) -> torch.Tensor:
+        """`n` points z ~ p(z) drawn from `seed`: the same points on every machine and epoch (a
+        CPU generator), what the sample grid, the GIF and `vae_lit.sample` decode."""
+        return self.prior.sample(n, torch.Generator().manual_seed(seed), device=self.device)
+
+    @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """`n` images decoded from z ~ N(0, I); a seeded CPU generator makes them repeatable."""
-        z = torch.randn(n, self.latent_dim, generator=generator).to(self.device)
-        return self.decode(z)
+        """`n` mean images decoded from z ~ p(z); a seeded CPU generator makes them repeatable."""
+        return self.decode(self.prior.sample(n, generator, device=self.device))
 
     # -- training ---------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor):
-        return self.net(x)
+    def forward(self, x: torch.Tensor) -> ObjectiveTerms:
+        return negative_elbo(x, self.net, self.likelihood, self.prior)
 
-    def model_step(self, batch: torch.Tensor, stage: str) -> ELBOTerms:
+    def on_fit_start(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        splits = getattr(datamodule, "splits", None)
+        if splits and "train" in splits:
+            self.objective.prepare(len(splits["train"]))
+
+    def model_step(self, batch: torch.Tensor, stage: str) -> ObjectiveTerms:
         if self.channels_last:  # converted as uint8, a quarter of the bytes of the float copy
             batch = batch.contiguous(memory_format=torch.channels_last)
         images = to_float_images(batch)
-        out = self.net(images)
-        beta = self.kl_schedule(self.global_step) if stage == "train" else 1.0
-        terms = self.loss(images, out.logits, out.mu, out.logvar, beta=beta)
-        if stage != "train":  # report the bound itself, whatever the training objective
-            terms.loss = terms.neg_elbo
+        if stage == "train":
+            terms = self.objective(images, self.net, self.likelihood, self.prior, self.global_step)
+        else:  # the bound itself, whatever the training objective
+            terms = negative_elbo(images, self.net, self.likelihood, self.prior)
         on_step = stage == "train"
         log_args = dict(
             on_step=on_step, on_epoch=True, batch_size=images.shape[0], sync_dist=not on_step
@@ -112,7 +148,12 @@ class VAELitModule(LightningModule):
             f"{stage}/bits_per_dim": terms.bits_per_dim,
         }
         if stage == "train":
-            metrics["train/beta"] = torch.tensor(beta)
+            metrics.update(
+                {
+                    f"train/{key}": value if torch.is_tensor(value) else torch.tensor(value)
+                    for key, value in terms.extras.items()
+                }
+            )
         self.log_dict(metrics, **log_args)
         return terms
 
@@ -121,6 +162,8 @@ class VAELitModule(LightningModule):
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         terms = self.model_step(batch, "val")
+        if terms.kl_per_dim is None:
+            return
         # One scalar per latent dimension: a collapsed dimension shows as a flat line at 0 nats.
         self.log_dict(
             {f"val/kl_dim/{i:03d}": kl for i, kl in enumerate(terms.kl_per_dim)},
@@ -136,7 +179,7 @@ class VAELitModule(LightningModule):
         self.model_step(batch, "test")
         # The cheap part of `vae_lit.eval`: posterior-mean reconstructions and active units.
         images = to_float_images(batch)
-        mu, _ = self.net.encode(images)
+        mu, _ = self.encode(images)
         reconstructions = self.decode(mu)
         self.log_dict(
             {

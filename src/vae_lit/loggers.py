@@ -93,7 +93,7 @@ def wandb_logger(
         # settings and would otherwise try to reach the server.
         wandb.setup(settings=wandb.Settings(mode="offline"))
     Path(save_dir).mkdir(parents=True, exist_ok=True)
-    return WandbLogger(
+    logger = WandbLogger(
         save_dir=save_dir,
         project=project,
         entity=entity,
@@ -105,6 +105,10 @@ def wandb_logger(
         job_type=job_type,
         mode=mode,
     )
+    # Lightning 2.6 passes `anonymous` to wandb.init on every run, and wandb 0.31 warns that the
+    # setting has no effect; leave it out.
+    logger._wandb_init.pop("anonymous", None)
+    return logger
 
 
 def finish_wandb(loggers: list[Logger]) -> None:

@@ -13,10 +13,11 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from vae_lit.callbacks.image_grids import fixed_latents, image_grid, save_png
+from vae_lit.callbacks.image_grids import image_grid, save_png
 from vae_lit.callbacks.latent_views import slerp
 from vae_lit.checkpoint import load_checkpoint
 from vae_lit.errors import UserError, exit_on_user_error
+from vae_lit.lit_module import VAELitModule
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +34,11 @@ def pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def latent_codes(mode: str, n: int, nrow: int, latent_dim: int, seed: int) -> torch.Tensor:
-    """The (n, latent_dim) points a grid decodes."""
+def latent_codes(module: VAELitModule, mode: str, n: int, nrow: int, seed: int) -> torch.Tensor:
+    """The (n, latent_dim) points a grid decodes, drawn from the model's prior."""
     if mode == "sample":
-        return fixed_latents(n, latent_dim, seed)
-    ends = fixed_latents(2 * (n // nrow), latent_dim, seed)
+        return module.sample_latents(n, seed)
+    ends = module.sample_latents(2 * (n // nrow), seed)
     rows = len(ends) // 2
     return slerp(ends[:rows], ends[rows:], nrow).flatten(0, 1)
 
@@ -58,7 +59,7 @@ def sample(cfg: DictConfig) -> Path:
     device = pick_device(cfg.device)
     module, _ = load_checkpoint(cfg.ckpt)
     module.to(device)
-    codes = latent_codes(cfg.mode, cfg.n, cfg.nrow, module.latent_dim, cfg.seed)
+    codes = latent_codes(module, cfg.mode, cfg.n, cfg.nrow, cfg.seed)
     with torch.no_grad():
         images = torch.cat([module.decode(batch.to(device)).cpu() for batch in codes.split(256)])
     out = save_png(image_grid(images, cfg.nrow), Path(cfg.out))

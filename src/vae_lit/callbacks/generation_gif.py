@@ -19,7 +19,6 @@ from pytorch_lightning.utilities import rank_zero_warn
 from vae_lit.callbacks.image_grids import (
     EpochPictures,
     draw_label,
-    fixed_latents,
     image_grid,
 )
 from vae_lit.loggers import log_gif
@@ -64,8 +63,9 @@ class GenerationGIF(EpochPictures):
         self.epochs: list[int] = []
 
     def draw(self, trainer: Trainer, pl_module: LightningModule, epoch: int) -> None:
-        if self.latents is None:
-            self.latents = fixed_latents(self.num_samples, pl_module.latent_dim, self.seed)
+        # drawn anew each time from the same seed: the same points under N(0, I), and the points
+        # of the current prior when it is learned
+        self.latents = pl_module.sample_latents(self.num_samples, self.seed)
         grid = image_grid(pl_module.decode(self.latents.to(pl_module.device)), self.nrow)
         if self.frames and self.frames[0].shape != grid.shape:
             rank_zero_warn(

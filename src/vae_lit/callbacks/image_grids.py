@@ -49,11 +49,6 @@ def draw_label(picture: np.ndarray, text: str) -> np.ndarray:
     return np.asarray(image)
 
 
-def fixed_latents(n: int, latent_dim: int, seed: int) -> torch.Tensor:
-    """`n` points z ~ N(0, I), the same for the same seed on every machine (a CPU generator)."""
-    return torch.randn(n, latent_dim, generator=torch.Generator().manual_seed(seed))
-
-
 def fixed_images(trainer: Trainer, n: int, seed: int) -> torch.Tensor:
     """`n` images picked by `seed` from the validation split (the training split when there is
     no validation data), as the dataset serves them."""
@@ -150,8 +145,9 @@ class SampleGrid(EpochPictures):
         self.latents: torch.Tensor | None = None
 
     def draw(self, trainer: Trainer, pl_module: LightningModule, epoch: int) -> None:
-        if self.latents is None:
-            self.latents = fixed_latents(self.num_samples, pl_module.latent_dim, self.seed)
+        # drawn anew each time from the same seed: the same points under N(0, I), and the points
+        # of the current prior when it is learned
+        self.latents = pl_module.sample_latents(self.num_samples, self.seed)
         samples = pl_module.decode(self.latents.to(pl_module.device))
         picture = image_grid(samples, self.nrow)
         save_png(picture, self.output_dir / f"sample_{epoch}.png")

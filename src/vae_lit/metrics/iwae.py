@@ -8,21 +8,19 @@ true likelihood, the number to compare models by. A loose ELBO makes a model loo
 import math
 
 import torch
+from torch import nn
 
-from vae_lit.losses import NegativeELBO
-from vae_lit.models import ConvVAE
+from vae_lit.likelihoods import Likelihood
+from vae_lit.priors import Prior
 
 LOG_2PI = math.log(2 * math.pi)
 
 
-def _standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
-    return -0.5 * (z.pow(2) + LOG_2PI).sum(-1)
-
-
 @torch.no_grad()
 def importance_weighted_log_likelihood(
-    net: ConvVAE,
-    loss: NegativeELBO,
+    net: nn.Module,
+    likelihood: Likelihood,
+    prior: Prior,
     images: torch.Tensor,
     k: int = 100,
     max_decodes: int = 512,
@@ -47,10 +45,10 @@ def importance_weighted_log_likelihood(
             (n, *mu.shape), device=mu.device, dtype=mu.dtype, generator=generator
         )  # (n, batch, latent_dim)
         z = mu + std * eps
-        logits = net.decode(z.flatten(0, 1))
+        params = net.decode(z.flatten(0, 1))
         targets = images.unsqueeze(0).expand(n, *images.shape).flatten(0, 1)
-        log_px_z = -loss.reconstruction_nll(logits.float(), targets.float()).view(n, batch)
+        log_px_z = likelihood.log_prob(params, targets).view(n, batch)
         # log q(z|x) of z = mu + std * eps, written in eps so it costs nothing extra
         log_qz_x = -0.5 * (eps.pow(2) + LOG_2PI).sum(-1) - 0.5 * logvar.sum(-1)
-        log_weights.append(log_px_z + _standard_normal_log_prob(z) - log_qz_x)
+        log_weights.append(log_px_z + prior.log_prob(z) - log_qz_x)
     return torch.logsumexp(torch.cat(log_weights), dim=0) - math.log(k)

@@ -121,7 +121,7 @@ class ConvVAE(nn.Module):
         return self.encoder(x)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Latent codes -> the likelihood's parameters (Bernoulli: logits), (N, out_channels, H, W)."""
+        """Latent codes -> likelihood parameters (N, out_channels, H, W); Bernoulli: logits."""
         return self.decoder(z)
 
     @staticmethod

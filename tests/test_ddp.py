@@ -28,8 +28,7 @@ def full_split_kl(checkpoint: Path) -> float:
     datamodule.setup("fit")
     images = to_float_images(datamodule.splits["val"][list(range(len(datamodule.splits["val"])))])
     with torch.no_grad():
-        out = module(images)
-        return float(module.loss(images, out.logits, out.mu, out.logvar, beta=1.0).kl)
+        return float(module(images).kl)  # the plain negative ELBO's terms
 
 
 @pytest.mark.slow

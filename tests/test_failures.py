@@ -50,7 +50,11 @@ def test_a_nan_loss_stops_training_with_one_line_naming_the_step_and_checkpoint(
 
 def test_skip_drops_the_update_of_a_non_finite_batch_then_stops_after_max_skips(tmp_path):
     # beta=inf: every training loss is infinite (validation reports the true bound, beta=1)
-    overrides = [*TINY, "model.kl_schedule.beta=inf", "callbacks.non_finite_loss.action=skip"]
+    overrides = [
+        *TINY,
+        "model.objective.kl_schedule.beta=inf",
+        "callbacks.non_finite_loss.action=skip",
+    ]
     train(compose_config(tmp_path / "a", [*overrides, "callbacks.non_finite_loss.max_skips=4"]))
     saved = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=False)
     assert saved["global_step"] == 4  # all 4 batches went through the loop...
@@ -82,7 +86,10 @@ def run_cli_in_process(args: list[str]) -> int:
     [
         ("model.net.latent_dim=0", "model.net.latent_dim=0 must be a positive integer"),
         ("data.image_size=8", "data.image_size=8 is too small: the conv VAE needs at least 16"),
-        ("model.loss.likelihood=poisson", "model.loss.likelihood='poisson' is unknown"),
+        (
+            "model.objective.kl_schedule.kind=banana",
+            "model.objective.kl_schedule.kind='banana' is unknown",
+        ),
         ("data.batch_size=0", "data.batch_size=0 must be a positive integer"),
     ],
 )

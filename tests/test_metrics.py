@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from vae_lit.data.sprites import render_sprites, sample_factors
-from vae_lit.losses import NegativeELBO
+from vae_lit.likelihoods import Bernoulli
 from vae_lit.metrics import (
     ActiveUnits,
     count_active_units,
@@ -17,6 +17,8 @@ from vae_lit.metrics import (
 )
 from vae_lit.metrics.fid import FIDUnavailable, fid_metric
 from vae_lit.models import ConvVAE
+from vae_lit.objectives import negative_elbo
+from vae_lit.priors import StandardNormal
 
 
 @pytest.fixture(scope="module")
@@ -26,16 +28,16 @@ def sprites() -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def trained_vae(sprites) -> tuple[ConvVAE, NegativeELBO]:
+def trained_vae(sprites) -> tuple[ConvVAE, tuple[Bernoulli, StandardNormal]]:
     """A tiny VAE fitted for a few dozen steps: its posterior is far from exact, so the IWAE bound
     has room to tighten."""
     torch.manual_seed(0)
-    net, loss = ConvVAE(16, 1, latent_dim=4, hidden_channels=(8, 16)), NegativeELBO()
+    net = ConvVAE(16, 1, latent_dim=4, hidden_channels=(8, 16))
+    loss = Bernoulli(1), StandardNormal(4)  # the likelihood and prior the bounds need
     optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
     for _ in range(40):
-        out = net(sprites)
         optimizer.zero_grad()
-        loss(sprites, out.logits, out.mu, out.logvar).loss.backward()
+        negative_elbo(sprites, net, *loss).loss.backward()
         optimizer.step()
     return net.eval(), loss
 
@@ -46,15 +48,14 @@ def mean_elbo(net, loss, images, repeats: int = 8) -> float:
     with torch.no_grad():
         values = []
         for _ in range(repeats):
-            out = net(images)
-            values.append(-loss(images, out.logits, out.mu, out.logvar).neg_elbo.item())
+            values.append(-negative_elbo(images, net, *loss).neg_elbo.item())
     return float(np.mean(values))
 
 
 def mean_iwae(net, loss, images, k: int, repeats: int = 1) -> float:
     generator = torch.Generator().manual_seed(0)
     values = [
-        importance_weighted_log_likelihood(net, loss, images, k, 256, generator).mean().item()
+        importance_weighted_log_likelihood(net, *loss, images, k, 256, generator).mean().item()
         for _ in range(repeats)
     ]
     return float(np.mean(values))
@@ -77,7 +78,7 @@ def test_iwae_bound_is_above_the_elbo_and_tightens_with_k(trained_vae, sprites):
     assert bounds[0] < bounds[1] < bounds[2], bounds
     assert bounds[2] > elbo, (bounds, elbo)
     # k=100 in passes of 256 decodes (4 samples of 64 images at a time) covers every sample once
-    per_image = importance_weighted_log_likelihood(net, loss, sprites, 100, max_decodes=256)
+    per_image = importance_weighted_log_likelihood(net, *loss, sprites, 100, max_decodes=256)
     assert per_image.shape == (64,) and torch.isfinite(per_image).all()
 
 

@@ -109,7 +109,7 @@ def test_optuna_runs_three_trials_and_a_diverged_trial_does_not_stop_it(tmp_path
         "test=false",
         "hydra.sweeper.n_trials=3",
         # beta=inf makes the loss infinite at the first step: that trial fails, the others go on
-        "model.kl_schedule.beta=choice(1.0,inf)",
+        "model.objective.kl_schedule.beta=choice(1.0,inf)",
         f"hydra.sweep.dir={sweep_dir}",
         cwd=ROOT,
     )
@@ -120,7 +120,7 @@ def test_optuna_runs_three_trials_and_a_diverged_trial_does_not_stop_it(tmp_path
     failed = [r for r in rows if r["status"].startswith("failed: training loss is inf")]
     finished = [r for r in rows if r["status"] == "finished"]
     assert failed and finished, rows
-    assert all("model.kl_schedule.beta=inf" in r["overrides"] for r in failed)
+    assert all("model.objective.kl_schedule.beta=inf" in r["overrides"] for r in failed)
     for row in rows:  # every trial drew its own latent size and learning rate
         assert "model.net.latent_dim=" in row["overrides"]
         assert "model.optimizer.lr=" in row["overrides"]
@@ -131,7 +131,7 @@ def test_optuna_runs_three_trials_and_a_diverged_trial_does_not_stop_it(tmp_path
     assert set(results["best_params"]) == {
         "model.net.latent_dim",
         "model.optimizer.lr",
-        "model.kl_schedule.beta",
+        "model.objective.kl_schedule.beta",
     }
 
 
@@ -169,5 +169,5 @@ def test_the_optuna_search_composes_as_documented():
     assert set(search.hydra.sweeper.params) == {
         "model.net.latent_dim",
         "model.optimizer.lr",
-        "model.kl_schedule.beta",
+        "model.objective.kl_schedule.beta",
     }

@@ -1,4 +1,4 @@
-"""Loading a trained VAE from a checkpoint file, or from a model folder (`python -m vae_lit.export`),
+"""Loading a trained VAE from a checkpoint file or a model folder (`python -m vae_lit.export`)
 alone: the config that built it travels inside.
 
 Nothing in such a file runs. A checkpoint is read with `torch.load(weights_only=True)` (tensors and
@@ -23,15 +23,12 @@ from pytorch_lightning import LightningModule
 from vae_lit.callbacks.run_config import CONFIG_KEY
 from vae_lit.checkpoint_upgrade import upgrade_checkpoint
 from vae_lit.errors import UserError
+from vae_lit.pretrained import CONFIG_FILE, FOLDER_FORMAT, WEIGHTS_FILE
 from vae_lit.trusted_config import check_config, check_resolved
 
 if TYPE_CHECKING:
     from vae_lit.lit_module import VAELitModule
 
-# A model folder, laid out as the Hugging Face Hub expects (see vae_lit.pretrained).
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-FOLDER_FORMAT = 1  # config.json's "vae_lit_format"
 CHECKED_SECTIONS = ("model", "data")  # what load_checkpoint's callers build from the config
 
 
@@ -158,14 +155,14 @@ def build_module(checkpoint: dict[str, Any], source: str) -> tuple["VAELitModule
         module.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as exc:  # missing or unexpected keys, other shapes
         reason = " ".join(str(exc).split())[:300]
-        raise UserError(f"{source} does not fit the model its config describes: {reason}") from None
+        raise UserError(f"{source} does not fit the model its config builds: {reason}") from None
     # what save_pretrained / push_to_hub write as config.json (see vae_lit.pretrained)
     module._hub_mixin_config = folder_config(config, checkpoint)
     return module.eval(), config
 
 
 def folder_config(config: DictConfig, checkpoint: dict[str, Any]) -> dict[str, Any]:
-    """config.json of a model folder: the resolved model and data configs, and when it was saved."""
+    """config.json of a model folder: the resolved model and data configs, and when saved."""
     return {
         "vae_lit_format": FOLDER_FORMAT,
         "model": OmegaConf.to_container(config.model, resolve=True),

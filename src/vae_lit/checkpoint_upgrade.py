@@ -53,9 +53,10 @@ def upgrade_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
     checkpoint[CONFIG_KEY] = {**config, "model": upgrade_model_config(model)}
     state = dict(checkpoint.get("state_dict") or {})
     log_scale = state.pop("loss.log_scale", None)
-    if log_scale is not None and "gaussian" in checkpoint[CONFIG_KEY]["model"]["likelihood"][
-        "_target_"
-    ].lower():
+    if (
+        log_scale is not None
+        and "gaussian" in checkpoint[CONFIG_KEY]["model"]["likelihood"]["_target_"].lower()
+    ):
         channels = checkpoint[CONFIG_KEY]["model"]["net"]["channels"]
         state["likelihood.log_scale"] = torch.as_tensor(log_scale).reshape(()).repeat(channels)
     checkpoint["state_dict"] = state

@@ -21,9 +21,10 @@ from pytorch_lightning import LightningDataModule
 from pytorch_lightning.loggers import CSVLogger, Logger
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import track
 from rich.table import Table
 
-from vae_lit.checkpoint import load_checkpoint
+from vae_lit.checkpoint import checkpoint_step, load_checkpoint
 from vae_lit.data.datamodule import SPLITS
 from vae_lit.data.sprites import FACTOR_NAMES
 from vae_lit.data.sprites_datamodule import SpritesDataModule
@@ -31,10 +32,12 @@ from vae_lit.errors import UserError, exit_on_user_error
 from vae_lit.lit_module import VAELitModule, to_float_images
 from vae_lit.loggers import finish_wandb
 from vae_lit.metrics.active_units import ACTIVITY_THRESHOLD, ActiveUnits
+from vae_lit.metrics.foreground_iou import foreground_iou_per_image
 from vae_lit.metrics.image_quality import mse_per_image, psnr_per_image
 from vae_lit.metrics.iwae import importance_weighted_log_likelihood
 from vae_lit.metrics.mig import NUM_BINS, factor_gaps
 from vae_lit.objectives import elbo_terms, forward_pass
+from vae_lit.trusted_config import check_config
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,7 @@ LOGGED_METRICS = (
     "bits_per_dim",
     "mse",
     "psnr",
+    "foreground_iou",
     "active_units",
     "mig",
     "fid",
@@ -98,12 +102,14 @@ def evaluate_model(
     generator = torch.Generator(device).manual_seed(seed)
     sample_generator = torch.Generator().manual_seed(seed)
     active = ActiveUnits(module.latent_dim, active_threshold).to(device)
-    keys = ("neg_elbo", "recon", "kl", "iwae_ll", "mse", "psnr")
+    keys = ("neg_elbo", "recon", "kl", "iwae_ll", "mse", "psnr", "foreground_iou")
     sums = {key: torch.zeros((), dtype=torch.float64, device=device) for key in keys}
     means, count = [], 0
     if fid is not None:
         from vae_lit.metrics.fid import as_rgb
-    for batch in getattr(datamodule, f"{split}_dataloader")():
+    loader = getattr(datamodule, f"{split}_dataloader")()
+    total = len(loader) if hasattr(loader, "__len__") else None
+    for batch in track(loader, description=f"Evaluating (IWAE k={k})", total=total):
         images = to_float_images(batch.to(device, non_blocking=True))
         n = images.shape[0]
         out = forward_pass(images, module.net, module.likelihood)
@@ -119,6 +125,7 @@ def evaluate_model(
             ("iwae_ll", iwae.sum()),
             ("mse", mse_per_image(images, reconstructions).sum()),
             ("psnr", psnr_per_image(images, reconstructions).sum()),
+            ("foreground_iou", foreground_iou_per_image(images, reconstructions).sum()),
         ):
             sums[key] += value.double()
         active.update(out.mu)
@@ -155,6 +162,8 @@ def evaluate_model(
         "active_threshold": active_threshold,
         "latent_dim": module.latent_dim,
     }
+    if isinstance(datamodule, SpritesDataModule):  # objects on a black background
+        metrics["foreground_iou"] = totals["foreground_iou"]
     factors = getattr(datamodule, "factors", {}).get(split)
     if factors is not None and len(factors) == count:
         gaps = factor_gaps(torch.cat(means).numpy(), factors, mig_bins)
@@ -193,6 +202,11 @@ def metrics_table(metrics: dict[str, Any], title: str = "Evaluation") -> Table:
         ),
         ("MSE", f"{m['mse']:.5f}", "posterior-mean reconstruction"),
         ("PSNR", f"{m['psnr']:.2f} dB", "mean over images; higher is better"),
+        *(
+            [("foreground IoU", f"{m['foreground_iou']:.3f}", "object masks vs reconstruction")]
+            if "foreground_iou" in m
+            else []
+        ),
         (
             "active units",
             f"{m['active_units']} / {m['latent_dim']}",
@@ -209,16 +223,45 @@ def metrics_table(metrics: dict[str, Any], title: str = "Evaluation") -> Table:
     return table
 
 
-def log_to_run_loggers(run_cfg: DictConfig, metrics: dict[str, Any], step: int) -> None:
+def in_its_run_dir(ckpt: Path, run_cfg: DictConfig) -> bool:
+    """Whether `ckpt` lies in the run dir its config names (`<run>/checkpoints/` or `<run>/`): only
+    then may eval write where the config's loggers say. A moved or downloaded checkpoint, or a
+    model folder, gets eval.json alone."""
+    run_dir = (run_cfg.get("paths") or {}).get("output_dir")
+    if not run_dir or not run_cfg.get("logger") or not ckpt.is_file():
+        return False
+    here = ckpt.resolve().parent
+    if Path(run_dir).resolve() not in (here, here.parent):
+        log.info(f"Not logging eval/* to the run's loggers: {ckpt} is outside its run {run_dir}")
+        return False
+    return True
+
+
+def log_to_run_loggers(
+    run_cfg: DictConfig, metrics: dict[str, Any], step: int, source: str = "the run config"
+) -> None:
     """Log eval/* to the loggers the run was trained with. CSV is skipped: Lightning's CSV logger
-    would replace the run's metrics.csv, and eval.json is the same record in a file."""
+    would replace the run's metrics.csv, and eval.json is the same record in a file.
+
+    The config came from a checkpoint (`source`): only the loggers vae-lit ships are built, and
+    only when their files go inside the run dir it names."""
     scalars = {f"eval/{key}": float(metrics[key]) for key in LOGGED_METRICS if key in metrics}
+    run_dir = Path((run_cfg.get("paths") or {}).get("output_dir") or ".").resolve()
     loggers: list[Logger] = []
     for name, entry in (run_cfg.get("logger") or {}).items():
         if not entry or "_target_" not in entry:
             continue
+        check_config(entry, source, f"logger.{name}", allowed="logger")  # before any import
         target = get_object(entry._target_)
         if isinstance(target, type) and issubclass(target, CSVLogger):
+            continue
+        outside = [
+            f"{key}={entry[key]}"
+            for key in ("save_dir", "run_id_file")
+            if entry.get(key) and not Path(entry[key]).resolve().is_relative_to(run_dir)
+        ]
+        if outside:
+            log.info(f"Not logging to {name}: {', '.join(outside)} is outside the run {run_dir}")
             continue
         save_dir = entry.get("save_dir")
         if save_dir and not Path(save_dir).exists():
@@ -242,7 +285,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     ckpt = Path(cfg.ckpt)
     module, run_cfg = load_checkpoint(ckpt, map_location=str(device))
     module.to(device)
-    data_cfg = cfg.get("data") or run_cfg.data
+    data_cfg = cfg.get("data") or run_cfg.get("data")
+    if data_cfg is None:
+        raise UserError(f"{ckpt} records no data; pass data=<name> (e.g. data=sprites)")
     if cfg.eval.get("batch_size"):
         data_cfg = data_cfg.copy()
         with open_dict(data_cfg):
@@ -279,16 +324,16 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         fid=fid,
         seed=int(cfg.seed),
     )
-    checkpoint = torch.load(ckpt, map_location="cpu", mmap=True, weights_only=False)
-    step = int(checkpoint.get("global_step", 0))
+    step = checkpoint_step(ckpt)
     metrics = {"checkpoint": str(ckpt), "global_step": step, **metrics}
 
     Console().print(metrics_table(metrics, title=f"vae-lit eval: {ckpt}"))
-    json_path = Path(cfg.eval.json) if cfg.eval.get("json") else ckpt.parent / "eval.json"
+    beside = ckpt if ckpt.is_dir() else ckpt.parent  # a model folder keeps its eval.json inside
+    json_path = Path(cfg.eval.json) if cfg.eval.get("json") else beside / "eval.json"
     json_path.write_text(json.dumps(metrics, indent=2) + "\n")
     log.info(f"Wrote {json_path}")
-    if cfg.eval.log_to_run:
-        log_to_run_loggers(run_cfg, metrics, step)
+    if cfg.eval.log_to_run and in_its_run_dir(ckpt, run_cfg):
+        log_to_run_loggers(run_cfg, metrics, step, source=f"checkpoint {ckpt}")
     return metrics
 
 

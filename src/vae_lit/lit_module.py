@@ -12,6 +12,7 @@ from vae_lit.likelihoods import Likelihood
 from vae_lit.metrics.active_units import ActiveUnits
 from vae_lit.metrics.image_quality import mse_per_image, psnr_per_image
 from vae_lit.objectives import ELBO, Objective, ObjectiveTerms, negative_elbo
+from vae_lit.pretrained import PretrainedVAE
 from vae_lit.priors import Prior, StandardNormal
 
 
@@ -22,7 +23,7 @@ def to_float_images(batch: torch.Tensor) -> torch.Tensor:
     return batch
 
 
-class VAELitModule(LightningModule):
+class VAELitModule(LightningModule, PretrainedVAE):  # save/from_pretrained, push_to_hub
     """A VAE under Lightning. Batches are uint8 images (N, C, H, W); they become floats in [0, 1]
     on the device, so workers and host-to-device copies move a quarter of the bytes.
 

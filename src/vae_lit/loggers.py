@@ -1,29 +1,44 @@
 """Loggers: the W&B logger the default config builds, and pictures sent to every attached logger.
 
 W&B goes offline by itself on a machine without W&B credentials, so a fresh checkout never stops at
-a login prompt; `wandb sync <dir>` uploads such a run later. Each run dir keeps its W&B run id, so
+a login prompt; `wandb sync <dir>` uploads such a run later. When it should log online but has no
+API key or cannot reach its server within a few seconds, it logs offline too and says why in one
+line, instead of hanging for minutes and failing the run. Each run dir keeps its W&B run id, so
 resuming a run in its own dir continues the same W&B run instead of starting a new one.
+
+The CSV logger is Lightning's, except that it continues an existing `metrics.csv` (a resumed run)
+where Lightning's deletes it, and that a full disk leaves the file as it was.
 """
 
+import csv
 import logging
 import netrc
 import os
 import secrets
 import string
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from pytorch_lightning import Trainer
-from pytorch_lightning.loggers import Logger, TensorBoardLogger, WandbLogger
+from pytorch_lightning.core.saving import save_hparams_to_yaml
+from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.utilities import rank_zero_only
+
+from vae_lit.atomic_write import atomic_path, atomic_write, write_text_atomic
 
 log = logging.getLogger(__name__)
 
 WANDB_DEFAULT_HOST = "https://api.wandb.ai"
+WANDB_PROBE_TIMEOUT_S = 5.0  # W&B's own wait for an unreachable server is ~2 minutes
 
 
 def netrc_path() -> Path:
@@ -65,9 +80,35 @@ def run_id(run_id_file: str | Path) -> str:
         return path.read_text().strip()
     new_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
     if rank_zero_only.rank == 0:  # DDP children construct loggers too; one writer is enough
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(new_id + "\n")
+        write_text_atomic(path, new_id + "\n")
     return new_id
+
+
+def wandb_base_url() -> str:
+    return os.environ.get("WANDB_BASE_URL") or WANDB_DEFAULT_HOST
+
+
+def wandb_server_problem(timeout: float = WANDB_PROBE_TIMEOUT_S) -> str | None:
+    """Why the W&B server cannot be reached (through the proxy the environment names), or None.
+    Any HTTP answer, even an error status, means it can."""
+    url = wandb_base_url()
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout)
+    except urllib.error.HTTPError:
+        return None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        if isinstance(reason, TimeoutError) or "timed out" in str(reason):
+            return f"the W&B server {url} did not answer within {timeout:g} s"
+        return f"the W&B server {url} cannot be reached ({reason})"
+    return None
+
+
+def why_not_online() -> str | None:
+    """Why an online W&B run would hang or fail here, or None when it can start."""
+    if not wandb_credentials_present():
+        return "no W&B API key was found (set WANDB_API_KEY or run `wandb login`)"
+    return wandb_server_problem()
 
 
 def wandb_logger(
@@ -82,10 +123,16 @@ def wandb_logger(
     job_type: str = "train",
 ) -> WandbLogger:
     """A WandbLogger writing under `save_dir/wandb`. `offline=None` decides by the credentials
-    found, unless WANDB_MODE is set, which W&B then follows."""
+    found, unless WANDB_MODE is set, which W&B then follows. A run that should go online but
+    cannot (no API key, no answer from the server) goes offline, with one warning saying why."""
     if offline is None and not os.environ.get("WANDB_MODE"):
         offline = not wandb_credentials_present()
     mode = {None: None, True: "offline", False: "online"}[offline]
+    if (mode or os.environ.get("WANDB_MODE") or "online") == "online" and rank_zero_only.rank == 0:
+        problem = why_not_online()
+        if problem:
+            log.warning(f"W&B logs this run offline: {problem}; upload it later with `wandb sync`")
+            mode = "offline"
     if mode == "offline" and rank_zero_only.rank == 0:
         import wandb
 
@@ -150,3 +197,72 @@ def log_gif(trainer: Trainer, key: str, path: Path, caption: str) -> None:
                 caption=[caption],
                 format=["gif"],
             )
+
+
+class AppendingExperimentWriter(ExperimentWriter):
+    """Lightning's CSV writer, minus the deletion of an existing `metrics.csv`: its rows stay, and
+    new rows are appended under its header (widened when new metrics appear)."""
+
+    def __init__(self, log_dir: str) -> None:
+        super().__init__(log_dir)
+        self.header_on_disk: list[str] = []
+        if os.path.isfile(self.metrics_file_path):
+            with open(self.metrics_file_path, newline="") as file:
+                self.header_on_disk = next(csv.reader(file), [])
+            self.metrics_keys = list(self.header_on_disk)
+
+    def _check_log_dir_exists(self) -> None:
+        """Lightning deletes `metrics.csv` here; a resumed run continues it instead."""
+
+    def log_hparams(self, params: dict[str, Any]) -> None:
+        self.hparams.update(params)
+        with atomic_path(os.path.join(self.log_dir, self.NAME_HPARAMS_FILE)) as partial:
+            save_hparams_to_yaml(partial, self.hparams)
+
+    def save(self) -> None:
+        """Append the pending rows. A file written to the end (a full disk) is cut back to its
+        previous length, so it never holds half a row."""
+        if not self.metrics:
+            return
+        path = self.metrics_file_path
+        self.metrics_keys = sorted(set(self.metrics_keys).union(*self.metrics))
+        exists = os.path.isfile(path)
+        if exists and self.metrics_keys != self.header_on_disk:
+            self._rewrite_with_new_header(self.metrics_keys)
+        size = os.path.getsize(path) if exists else 0
+        try:
+            with open(path, "a" if exists else "w", newline="") as file:
+                writer = csv.DictWriter(file, fieldnames=self.metrics_keys)
+                if not exists:
+                    writer.writeheader()
+                writer.writerows(self.metrics)
+        except OSError:
+            if exists:
+                os.truncate(path, size)
+            else:
+                os.unlink(path)
+            raise
+        self.header_on_disk = list(self.metrics_keys)
+        self.metrics = []
+
+    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+        with open(self.metrics_file_path, newline="") as file:
+            rows = list(csv.DictReader(file))
+        with atomic_write(self.metrics_file_path, "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=fieldnames)
+            writer.writeheader()
+            writer.writerows(rows)
+        self.header_on_disk = list(fieldnames)
+
+
+class AppendingCSVLogger(CSVLogger):
+    """`CSVLogger` that keeps an existing `metrics.csv`: a resumed run adds its rows to the rows
+    of the run it continues (Lightning's deletes the file when it starts)."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> AppendingExperimentWriter:
+        if self._experiment is None:
+            os.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = AppendingExperimentWriter(log_dir=self.log_dir)
+        return self._experiment

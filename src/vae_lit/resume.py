@@ -2,7 +2,9 @@
 newest readable checkpoint of this run dir, so the same command run again after a crash carries on.
 
 Lightning restores everything from that file (weights, optimizer, scheduler, epoch, step and every
-callback's state); this module only picks the file and refuses one that cannot fit the model.
+callback's state); this module only picks the file and refuses one that cannot fit the model. Both
+read it with `torch.load(weights_only=True)` (train.py passes `weights_only=True` to Lightning), so
+a checkpoint's pickle can hold tensors and plain values but no code.
 """
 
 import logging
@@ -10,12 +12,12 @@ import re
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning import Trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from vae_lit.callbacks.run_config import CONFIG_KEY
+from vae_lit.checkpoint import read_checkpoint
 from vae_lit.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -37,17 +39,13 @@ def run_checkpoints(trainer: Trainer) -> list[Path]:
     return found
 
 
-def load(path: Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-
-
 def newest_readable(paths: list[Path]) -> tuple[Path, dict[str, Any]] | None:
     """The most recent checkpoint that loads: a kill while one was being written truncates it."""
     for path in sorted(set(paths), key=lambda p: p.stat().st_mtime, reverse=True):
         try:
-            return path, load(path)
-        except Exception as exc:  # truncated zip, empty file: fall back to the one before
-            log.warning(f"Skipping unreadable checkpoint {path}: {exc}")
+            return path, read_checkpoint(path)
+        except (UserError, OSError) as exc:  # cut short by a kill, empty: the one before
+            log.warning(f"Skipping checkpoint {path}: {exc}")
     return None
 
 
@@ -72,10 +70,7 @@ def resume_path(cfg: DictConfig, trainer: Trainer) -> str | None:
         path = Path(ckpt_path)
         if not path.is_file():
             raise UserError(f"ckpt_path={ckpt_path} does not exist; pass a .ckpt file or 'last'")
-        try:
-            checkpoint = load(path)
-        except Exception as exc:
-            raise UserError(f"ckpt_path={ckpt_path} is not a readable checkpoint: {exc}") from exc
+        checkpoint = read_checkpoint(path)  # one line when it is no checkpoint, or not safe
     check_same_network(path, checkpoint, cfg)
     log.info(f"Resuming from {path} (epoch {checkpoint.get('epoch')})")
     return str(path)

@@ -1,6 +1,7 @@
 """Pictures from a trained model: `python -m vae_lit.sample ckpt=<path> [n=64] [out=<file>]`.
 
-The checkpoint alone is enough: the config that built the model travels inside it.
+The checkpoint alone is enough: the config that built the model travels inside it. A model folder
+written by `python -m vae_lit.export` works as well as a `.ckpt`.
 `mode=sample` decodes `n` points z ~ N(0, I) drawn from `seed`, the very points the sample grid
 callback draws, so `n=64 seed=0` redraws a run's `sample_{epoch}.png` from that epoch's checkpoint.
 `mode=interpolate` draws rows of `nrow` points along great circles between two such points.

@@ -1,9 +1,10 @@
 """The table at the end of a multirun: one row per job, overrides -> best val loss, final KL,
-epochs, status, run dir. Printed, and written as `summary.csv` and `summary.md` in the sweep dir.
+test metrics, epochs, status, run dir. Printed, and written as `summary.csv` and `summary.md` in
+the sweep dir.
 
 A Hydra callback (registered in `configs/hydra/default.yaml`). It reads what each job left on
-disk (`.hydra/overrides.yaml` and `run_summary.json`), so it works the same for jobs run in this
-process, in joblib workers or on SLURM nodes.
+disk (`.hydra/overrides.yaml`, `run_summary.json`, `test_metrics.json`), so it works the same
+for jobs run in this process, in joblib workers or on SLURM nodes.
 """
 
 import csv
@@ -14,11 +15,34 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from vae_lit.callbacks.run_summary import read_run_summary
+from vae_lit.atomic_write import atomic_write, write_text_atomic
+from vae_lit.callbacks.run_summary import UnreadableRunSummary, read_run_summary
+from vae_lit.run_report import read_test_metrics
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["job", "overrides", "best val/loss", "final val/kl", "epochs", "status", "run dir"]
+# Each job's test metrics (run_report's test_metrics.json) -> column; empty where a job has none
+# (not tested, no factors for MIG, not sprites for the foreground IoU).
+TEST_COLUMNS = {
+    "test neg ELBO": "test/loss",
+    "test bits/dim": "test/bits_per_dim",
+    "likelihood_kind": "likelihood_kind",  # discrete: bits/dim are true code lengths
+    "test MSE": "test/mse",
+    "test PSNR": "test/psnr",
+    "active units": "test/active_units",
+    "foreground IoU": "test/foreground_iou",
+    "MIG": "test/mig",
+}
+COLUMNS = [
+    "job",
+    "overrides",
+    "best val/loss",
+    "final val/kl",
+    *TEST_COLUMNS,
+    "epochs",
+    "status",
+    "run dir",
+]
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
@@ -32,23 +56,50 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
 def summary_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     """One row per job. Only overrides that differ between jobs are shown: they name the job."""
     dirs = job_dirs(sweep_dir)
-    overrides = [list(OmegaConf.load(d / ".hydra" / "overrides.yaml")) for d in dirs]
+    overrides = [job_overrides(d) for d in dirs]
     shared = set.intersection(*map(set, overrides)) if len(overrides) > 1 else set()
     rows = []
     for run_dir, job_overrides in zip(dirs, overrides, strict=True):
-        summary = read_run_summary(run_dir) or {}
+        try:
+            summary = read_run_summary(run_dir) or {}
+        except UnreadableRunSummary as exc:  # one damaged job must not cost the sweep its table
+            log.warning(f"Sweep summary: skipping {exc}")
+            summary = {"status": f"skipped: {exc}"}
         rows.append(
             {
                 "job": run_dir.name,
                 "overrides": " ".join(o for o in job_overrides if o not in shared),
                 "best val/loss": summary.get("best_val/loss"),
                 "final val/kl": summary.get("final_val/kl"),
+                **test_columns(run_dir),
                 "epochs": summary.get("epochs"),
                 "status": summary.get("status", "no run_summary.json: see the job's log"),
                 "run dir": str(run_dir),
             }
         )
     return rows
+
+
+def job_overrides(run_dir: Path) -> list[str]:
+    """A job's command-line overrides; none, with a warning, when its file does not parse."""
+    path = run_dir / ".hydra" / "overrides.yaml"
+    try:
+        return [str(o) for o in OmegaConf.load(path)]
+    except Exception as exc:  # OSError, YAML errors, a file that is not a list
+        log.warning(f"Sweep summary: skipping unreadable {path} ({exc})")
+        return []
+
+
+def test_columns(run_dir: Path) -> dict[str, Any]:
+    """The TEST_COLUMNS cells of one job; a tested job without a kind ran a continuous one."""
+    tested = read_test_metrics(run_dir)
+    if not tested:
+        return dict.fromkeys(TEST_COLUMNS)
+    cells = {column: tested.get(key) for column, key in TEST_COLUMNS.items()}
+    cells["likelihood_kind"] = cells["likelihood_kind"] or "continuous"
+    if cells["active units"] is not None:
+        cells["active units"] = int(cells["active units"])
+    return cells
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
@@ -64,11 +115,11 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     """Write `summary.csv` and `summary.md` into `sweep_dir`; return the rows."""
     rows = summary_rows(sweep_dir)
-    with open(sweep_dir / "summary.csv", "w", newline="") as file:
+    with atomic_write(sweep_dir / "summary.csv", "w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    (sweep_dir / "summary.md").write_text(markdown_table(rows))
+    write_text_atomic(sweep_dir / "summary.md", markdown_table(rows))
     return rows
 
 

@@ -26,6 +26,7 @@ from vae_lit.callbacks.run_summary import RunSummary
 from vae_lit.errors import UserError, find_user_error
 from vae_lit.loggers import finish_wandb
 from vae_lit.resume import resume_path
+from vae_lit.run_report import report_run
 from vae_lit.trainer import check_launcher, map_gpus
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,10 @@ warnings.filterwarnings(
     message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
     category=FutureWarning,
     module=r"pytorch_lightning\.utilities\._pytree",
+)
+# Lightning advertises its hosted logger on every run: a tip about a product, not about the run.
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
+    lambda record: "litlogger" not in record.getMessage()
 )
 
 
@@ -76,15 +81,24 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     try:
         if cfg.get("train"):
-            trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path)
+            # weights_only: a checkpoint's pickle may hold tensors and plain values, never code
+            trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         if cfg.get("test"):
             callback = trainer.checkpoint_callback
             best = callback.best_model_path if callback else ""
-            trainer.test(model=model, datamodule=datamodule, ckpt_path=best or None)
+            # verbose=False: the run report below prints the test metrics with their meaning
+            trainer.test(
+                model=model,
+                datamodule=datamodule,
+                ckpt_path=best or None,
+                verbose=False,
+                weights_only=True,
+            )
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
     finally:
         finish_wandb(loggers)  # each job its own W&B run, also in a multirun and on failure
+    report_run(trainer, model, metrics, cfg.paths.output_dir)  # pictures, test table, W&B
     callback = trainer.checkpoint_callback
     if trainer.is_global_zero and callback and callback.best_model_path:
         log.info(f"Best checkpoint: {callback.best_model_path}")

@@ -1,6 +1,6 @@
-"""What a config read from a file (a checkpoint's embedded config, a model folder's config.json) may
-build. Hydra's `instantiate` calls whatever `_target_` names, so a stranger's file could call any
-importable function; these checks run first and refuse the file in one line.
+"""What a config read from a file (a checkpoint's embedded config, a model folder's config.json)
+may build. Hydra's `instantiate` calls whatever `_target_` names, so a stranger's file could call
+any importable function; these checks run first and refuse the file in one line.
 
 A target is checked as text before anything is imported (importing a module runs its code), then
 the object it names must be a class of our own or a torch optimizer or LR scheduler. Every
@@ -13,8 +13,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from hydra.utils import get_object, instantiate
+from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from vae_lit.errors import UserError
 
@@ -23,11 +24,12 @@ OPTIM_PREFIXES = ("torch.optim.",)  # torch.optim.lr_scheduler.* included
 MODEL_RULE = "vae_lit classes and torch.optim optimizers and LR schedulers"
 
 # `eval` logs to the loggers a run trained with, read from its checkpoint: only the ones
-# configs/logger/*.yaml ship (tests/test_checkpoint_trust.py keeps this list in step with them).
+# configs/logger/*.yaml ship, or shipped before (tests/test_checkpoint_trust.py checks the list).
 LOGGER_TARGETS = frozenset(
     {
-        "pytorch_lightning.loggers.CSVLogger",
+        "pytorch_lightning.loggers.CSVLogger",  # before vae_lit.loggers.AppendingCSVLogger
         "pytorch_lightning.loggers.TensorBoardLogger",
+        "vae_lit.loggers.AppendingCSVLogger",
         "vae_lit.loggers.wandb_logger",
     }
 )
@@ -62,8 +64,8 @@ def is_model_target(target: str) -> bool:
         return isinstance(obj, type) and (module == "vae_lit" or module.startswith(OWN_PREFIX))
     if target.startswith(OPTIM_PREFIXES):
         obj = get_object(target)
-        schedulers = (torch.optim.lr_scheduler.LRScheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
-        return isinstance(obj, type) and issubclass(obj, (torch.optim.Optimizer, *schedulers))
+        kinds = (torch.optim.Optimizer, LRScheduler, ReduceLROnPlateau)
+        return isinstance(obj, type) and issubclass(obj, kinds)
     return False  # not imported at all
 
 
@@ -101,9 +103,3 @@ def is_allowed_model_target(target: str) -> bool:
         return is_model_target(target)
     except Exception:  # no such module or attribute: not one of ours either
         return False
-
-
-def instantiate_trusted(config: Any, source: str, key: str, allowed: str = "model") -> Any:
-    """`hydra.utils.instantiate` for a config that came from a file: checked first."""
-    check_config(config, source, key, allowed)
-    return instantiate(config)

@@ -6,7 +6,6 @@ moment leaves a valid GIF. A checkpoint keeps the GIF's path and epochs, not its
 reads the earlier frames back from that file and goes on from there.
 """
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from PIL import Image
 from pytorch_lightning import LightningModule, Trainer
 from pytorch_lightning.utilities import rank_zero_warn
 
+from vae_lit.atomic_write import write_bytes_atomic
 from vae_lit.callbacks.image_grids import (
     EpochPictures,
     draw_label,
@@ -26,10 +26,8 @@ from vae_lit.loggers import log_gif
 
 def write_gif(frames: list[np.ndarray], path: Path, frame_ms: int) -> None:
     """All frames to `path` at once; the old file stays intact until the new one is complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.stem}.partial.gif")
-    iio.imwrite(partial, np.stack(frames), extension=".gif", duration=frame_ms, loop=0)
-    os.replace(partial, path)
+    data = iio.imwrite("<bytes>", np.stack(frames), extension=".gif", duration=frame_ms, loop=0)
+    write_bytes_atomic(path, data)
 
 
 def gif_colors(picture: np.ndarray) -> np.ndarray:
@@ -73,7 +71,9 @@ class GenerationGIF(EpochPictures):
                 f"are {grid.shape[:2]}; {self.path} starts again at epoch {epoch}"
             )
             self.frames, self.epochs = [], []
-        self.frames.append(gif_colors(draw_label(grid, f"epoch {epoch}")))
+        label = getattr(pl_module, "sample_label", None)  # a VQ-VAE: random codes, not samples
+        text = f"epoch {epoch}: {label}" if label else f"epoch {epoch}"
+        self.frames.append(gif_colors(draw_label(grid, text)))
         self.epochs.append(epoch)
         write_gif(self.frames, self.path, self.frame_ms)
 

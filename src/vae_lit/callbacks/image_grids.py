@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 from pytorch_lightning import Callback, LightningModule, Trainer
 from torchvision.utils import make_grid
 
+from vae_lit.atomic_write import atomic_path
 from vae_lit.lit_module import to_float_images
 from vae_lit.loggers import log_image
 
@@ -33,8 +34,13 @@ def image_grid(images: torch.Tensor, nrow: int) -> np.ndarray:
 
 
 def save_png(picture: np.ndarray, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(picture).save(path)
+    """Written whole or not at all (a temporary file renamed into place), in the format the file
+    name says."""
+    image_format = Image.registered_extensions().get(path.suffix.lower())
+    if image_format is None:
+        raise ValueError(f"unknown file extension: {path.suffix}")
+    with atomic_path(path) as partial:
+        Image.fromarray(picture).save(partial, format=image_format)
     return path
 
 
@@ -150,5 +156,8 @@ class SampleGrid(EpochPictures):
         self.latents = pl_module.sample_latents(self.num_samples, self.seed)
         samples = pl_module.decode(self.latents.to(pl_module.device))
         picture = image_grid(samples, self.nrow)
+        label = getattr(pl_module, "sample_label", None)  # a VQ-VAE: random codes, not samples
+        if label:
+            picture = draw_label(picture, label)
         save_png(picture, self.output_dir / f"sample_{epoch}.png")
-        log_image(trainer, "sample", picture, f"epoch {epoch}")
+        log_image(trainer, "sample", picture, f"epoch {epoch}" + (f": {label}" if label else ""))

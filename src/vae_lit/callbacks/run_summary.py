@@ -1,17 +1,32 @@
 """A run's result in one small file (`run_summary.json` in the run dir): best validation loss,
 final KL, epochs done, and how it ended. A sweep's summary table is built from these files, so it
 works with every launcher, including jobs that ran on other machines.
+
+The file is replaced whole (temporary name, then rename), so a kill or a full disk leaves the
+previous summary, never an empty one. A run that fails before training starts leaves an earlier
+run's summary alone.
 """
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
 
 from pytorch_lightning import Callback, LightningModule, Trainer
 from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+from vae_lit.atomic_write import write_text_atomic
+
+log = logging.getLogger(__name__)
 
 RUN_SUMMARY_FILE = "run_summary.json"
+TERMINATED = "terminated (SIGTERM)"
+
+
+class UnreadableRunSummary(Exception):
+    """A run_summary.json that exists but does not parse (a disk that filled up, a hand edit)."""
 
 
 class RunSummary(Callback):
@@ -21,6 +36,13 @@ class RunSummary(Callback):
         self.path = Path(output_dir) / RUN_SUMMARY_FILE
         self.monitor = monitor
         self.best: float | None = None
+        self.started = False
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.started = True
+
+    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.started = True
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         value = trainer.callback_metrics.get(self.monitor)
@@ -34,7 +56,16 @@ class RunSummary(Callback):
     def on_exception(
         self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
     ) -> None:
-        self.write(trainer, f"failed: {exception}")
+        if not self.started and self.path.is_file():
+            return  # failed before training: the earlier run's summary stays
+        if isinstance(exception, SIGTERMException):
+            status = TERMINATED
+        else:
+            status = f"failed: {str(exception) or type(exception).__name__}"
+        try:
+            self.write(trainer, status)
+        except OSError as exc:  # a full disk: the run stops with that error, not this one
+            log.warning(f"Could not write {self.path}: {exc.strerror}")
 
     @rank_zero_only
     def write(self, trainer: Trainer, status: str) -> None:
@@ -46,8 +77,7 @@ class RunSummary(Callback):
             "global_step": trainer.global_step,
             "status": status,
         }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps(summary, indent=2) + "\n")
+        write_text_atomic(self.path, json.dumps(summary, indent=2) + "\n")
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best}
@@ -57,6 +87,16 @@ class RunSummary(Callback):
 
 
 def read_run_summary(run_dir: str | Path) -> dict[str, Any] | None:
-    """The summary a run left in `run_dir`, or None when it wrote none (it crashed hard)."""
+    """The summary a run left in `run_dir`, or None when it wrote none (it crashed hard). Raises
+    UnreadableRunSummary, naming the file and why, when it cannot be read."""
     path = Path(run_dir) / RUN_SUMMARY_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        reason = "empty file" if path.stat().st_size == 0 else str(exc)
+        raise UnreadableRunSummary(f"{path} is unreadable ({reason})") from exc
+    if not isinstance(summary, dict):
+        raise UnreadableRunSummary(f"{path} is unreadable (not a JSON object)")
+    return summary

@@ -8,7 +8,11 @@ File layout: rows (N, C, H, W) from byte 0, then a JSON footer (settings, file l
 files were skipped), then the footer's length and a magic tag. A file cut short loses its tag; a
 footer whose digest differs from the folder's means the files changed. Either is rebuilt. Builds go
 to a temporary file renamed into place under a file lock, so processes that start together (a
-multirun, DDP ranks) wait for one build and never read a half-written file.
+multirun, DDP ranks) wait for one build and never read a half-written file. The temporary files of
+builders killed mid-build (kill -9, out of memory) are removed by the next build.
+
+A valid cache is read without taking the lock, so a read-only cache dir (a shared, prebuilt cache)
+works as long as it needs no build.
 """
 
 import hashlib
@@ -36,7 +40,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from vae_lit.data.image_files import decode_image
+from vae_lit.data.image_files import decode_image, unreadable_reason
 from vae_lit.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -73,12 +77,24 @@ def usable_cores() -> int:
 
 
 def files_digest(root: Path, files: list[str]) -> str:
-    """A digest of the file list with each file's size and modification time."""
+    """A digest of the file list with each file's size and modification time. A name that is not
+    valid UTF-8 counts as its bytes; an entry that cannot be read (a dangling symlink, a symlink
+    loop) counts as its error, and the build skips it like a file that does not decode."""
     digest = hashlib.sha256()
     for name in files:
-        stat = (root / name).stat()
-        digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        try:
+            stat = (root / name).stat()
+            tail = f"\0{stat.st_size}\0{stat.st_mtime_ns}\n"
+        except OSError as exc:
+            tail = f"\0error {exc.errno}\n"
+        digest.update(os.fsencode(name) + tail.encode())
     return digest.hexdigest()
+
+
+def stale_builds(path: Path) -> list[Path]:
+    """Temporary files of earlier builds of `path`. Builds happen under the lock, so while it is
+    held every one of them belongs to a builder that died."""
+    return sorted(path.parent.glob(f"{path.name}.*.tmp"))
 
 
 def cache_path(
@@ -166,6 +182,8 @@ def build_cache(
                     rows[i] = decode_image(root / files[i], image_size, channels, resize_mode)
                 except UnidentifiedImageError:
                     errors[i] = "not an image Pillow can read"
+                except OSError as exc:
+                    errors[i] = unreadable_reason(root / files[i], exc)
                 except Exception as exc:  # any file that does not decode is skipped, never fatal
                     errors[i] = str(exc) or type(exc).__name__
             return min(CHUNK, len(files) - first)
@@ -227,7 +245,8 @@ def load_or_build(
     root = Path(root)
     cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
+        if not cache_dir.is_dir():
+            cache_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(
             f"data.cache_dir={cache_dir} cannot be created ({exc.strerror}); "
@@ -242,17 +261,30 @@ def load_or_build(
         "resize_mode": resize_mode,
         "files_digest": files_digest(root, files),
     }
+    cache, reason = read_cache(path, expected)  # no lock: a build lands whole, by a rename
+    if cache is not None:
+        log.info(f"Reusing the decoded cache {path} ({len(cache.files)} images)")
+        return cache
     lock = FileLock(f"{path}.lock")
     try:
         lock.acquire(timeout=0)
     except Timeout:
         log.info(f"Waiting for another process to finish building the decoded cache {path}")
         lock.acquire()
+    except OSError as exc:  # a read-only cache dir: reading was fine, building is not
+        raise UserError(
+            f"data.cache_dir={cache_dir} cannot be written ({exc.strerror}) and holds no usable "
+            f"decoded cache of {root} ({reason}); set data.cache_dir to a writable folder"
+        ) from exc
     try:
-        cache, reason = read_cache(path, expected)
+        cache, reason = read_cache(path, expected)  # another process may have just built it
         if cache is not None:
             log.info(f"Reusing the decoded cache {path} ({len(cache.files)} images)")
             return cache
+        for stale in stale_builds(path):
+            size = stale.stat().st_size
+            stale.unlink(missing_ok=True)
+            log.info(f"Removed {stale} ({size / 1e6:.1f} MB), left by a build that was killed")
         log.info(f"Building the decoded cache {path} from {len(files)} files ({reason})")
         return build_cache(path, root, files, image_size, channels, resize_mode, expected, threads)
     finally:

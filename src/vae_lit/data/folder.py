@@ -1,4 +1,9 @@
-"""`data=folder`: any folder of images, searched recursively, decoded once into the cache."""
+"""`data=folder`: any folder of images, searched recursively, decoded once into the cache.
+
+An entry that cannot be read (a dangling symlink, a symlink loop, a file that does not decode) is
+skipped and counted in one warning, never the end of the run. A file name that is not valid UTF-8
+is read like any other.
+"""
 
 import logging
 from pathlib import Path
@@ -7,7 +12,7 @@ import numpy as np
 
 from vae_lit.data.cache import DecodedImages, load_or_build
 from vae_lit.data.datamodule import ImageArrayDataset, ImageDataModule, split_indices
-from vae_lit.data.image_files import IMAGE_EXTENSIONS, RESIZE_MODES, find_images
+from vae_lit.data.image_files import IMAGE_EXTENSIONS, RESIZE_MODES, find_images, printable
 from vae_lit.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -82,18 +87,18 @@ class ImageFolderDataModule(ImageDataModule):
         )
         if decoded.skipped:
             shown = decoded.skipped[:SKIPPED_NAMED]
-            named = ", ".join(f"{name} ({reason})" for name, reason in shown)
+            named = ", ".join(f"{printable(name)} ({printable(reason)})" for name, reason in shown)
             more = len(decoded.skipped) - len(shown)
             named += f" and {more} more" if more else ""
             log.warning(
                 f"Skipped {len(decoded.skipped)} of {len(files)} image files under {image_dir} "
-                f"that do not decode: {named}"
+                f"that do not decode or cannot be opened: {named}"
             )
         if not decoded.files:
             first, reason = decoded.skipped[0]
             raise UserError(
                 f"data.root={self.root}: none of its {len(files)} image files decodes "
-                f"(first: {first}: {reason}); expected {self.layout()}"
+                f"(first: {printable(first)}: {printable(reason)}); expected {self.layout()}"
             )
         return decoded
 

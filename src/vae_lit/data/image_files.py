@@ -5,6 +5,7 @@ RGBA, palette and 16-bit images become the configured channels, and a file that 
 reported, never replaced by a blank image.
 """
 
+import errno
 import os
 from pathlib import Path
 
@@ -33,6 +34,22 @@ def find_images(root: Path) -> list[str]:
             if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
                 found.append((relative / name).as_posix())
     return sorted(found)
+
+
+def unreadable_reason(path: Path, exc: OSError) -> str:
+    """Why a directory entry could not be opened, in a few words."""
+    if os.path.islink(path):
+        if exc.errno == errno.ELOOP:
+            return "a symlink loop"
+        if exc.errno == errno.ENOENT:
+            return f"a symlink to a missing file ({os.readlink(path)})"
+    return exc.strerror or str(exc)
+
+
+def printable(name: str) -> str:
+    """A file name fit for a log line: bytes that are not UTF-8 (a Latin-1 `café`) shown as
+    `\\xe9` escapes instead of failing the line."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def _to_channels(image: Image.Image, channels: int) -> Image.Image:

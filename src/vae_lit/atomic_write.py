@@ -1,0 +1,97 @@
+"""Files written whole or not at all: a kill or a full disk never leaves half a file behind.
+
+Every file vae-lit writes goes to a hidden temporary name in its own folder and is renamed over the
+target once complete; a rename within one file system is atomic, so a reader sees the old file or
+the new one, never a 0-byte or cut-short one. Lightning's own checkpoint writer stages the file in
+the system temp folder and copies it over when that is another file system, which a full disk cuts
+short: `AtomicCheckpointIO` writes checkpoints the same way as every other file.
+"""
+
+import errno
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+PARTIAL_SUFFIX = ".partial"
+# What a full disk looks like: no space, a quota, or a file size limit (`ulimit -f`).
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def partial_path(path: Path) -> Path:
+    """A temporary name beside `path`, unique to this process and call, hidden from globs such as
+    `*.ckpt` or `*.png`."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}")
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yields a temporary path to write; it becomes `path` when the block ends without error and
+    is removed when it does not."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = partial_path(path)
+    try:
+        yield partial
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_write(path: str | Path, mode: str = "wb", **open_args: Any) -> Iterator[IO[Any]]:
+    """An open file whose content replaces `path` once it is complete and on disk."""
+    with atomic_path(path) as partial, open(partial, mode, **open_args) as file:
+        yield file
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    with atomic_write(path, "wb") as file:
+        file.write(data)
+    return Path(path)
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    with atomic_write(path, "w") as file:
+        file.write(text)
+    return Path(path)
+
+
+def remove_stale_partials(folder: Path) -> list[Path]:
+    """Remove the temporary files that killed writers left under `folder`. Only safe while no
+    other process writes there: the caller holds the folder's lock."""
+    stale = [p for p in Path(folder).rglob(f".*{PARTIAL_SUFFIX}") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def disk_full_error(exc: BaseException | None) -> OSError | None:
+    """The out-of-space OSError behind `exc`, looking through chained exceptions."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, writing each local checkpoint beside its final name and
+    renaming it there: a full disk or a kill leaves the previous checkpoint intact."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None
+    ) -> None:
+        if storage_options is not None or "://" in str(path):  # remote storage: Lightning's way
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        with atomic_write(path, "wb") as file:
+            torch.save(checkpoint, file)

@@ -82,7 +82,8 @@ def test_every_pair_of_ingredients_trains_samples_and_evaluates(tmp_path: Path, 
     metrics = train(compose_config(tmp_path / "run", ingredient_overrides(combination)))
     assert torch.isfinite(torch.tensor(metrics["test/loss"]))
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    assert (tmp_path / "run" / "results" / "sample_0.png").is_file()  # drawn from the prior by the callback
+    # the sample grid callback draws from the prior
+    assert (tmp_path / "run" / "results" / "sample_0.png").is_file()
 
     grid = sample(
         compose_config(
@@ -155,3 +156,25 @@ def test_a_checkpoint_of_the_seed_layout_loads_and_reconstructs_as_before():
     reconstructions = module.reconstruct(x)
     assert reconstructions.double().sum().item() == golden["checkpoint_reconstruction_sum"]
     assert reconstructions.flatten()[:8].tolist() == golden["checkpoint_reconstruction_first"]
+
+
+@pytest.mark.parametrize(
+    ("experiment", "expected"),
+    [
+        ("beta_vae", {"objective": "elbo", "beta": 4.0}),
+        ("beta_tcvae", {"objective": "beta_tcvae"}),
+        ("info_vae", {"objective": "info_vae"}),
+        ("vamp_vae", {"prior": "vamp"}),
+        ("iwae", {"objective": "iwae"}),
+        ("sigma_vae", {"likelihood": "gaussian", "learned_scale": True}),
+    ],
+)
+def test_each_named_variant_is_one_experiment(tmp_path: Path, experiment, expected):
+    module = instantiate(compose_config(tmp_path, [*TINY, f"experiment={experiment}"]).model)
+    for ingredient in ("objective", "prior", "likelihood"):
+        if ingredient in expected:
+            assert getattr(module, ingredient).name == expected[ingredient]
+    if "beta" in expected:
+        assert module.objective.kl_schedule.beta == expected["beta"]
+    if expected.get("learned_scale"):
+        assert [n for n, _ in module.likelihood.named_parameters()] == ["log_scale"]

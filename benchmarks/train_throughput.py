@@ -1,29 +1,44 @@
-"""Training throughput of vae-lit against a plain PyTorch loop and against the machine's peak.
+"""Training throughput of vae-lit against a plain PyTorch loop, the machine's peak and a roofline.
 
-    python benchmarks/train_throughput.py [--image-size 150] [--batch-size 64] [--rounds 3]
-        [--steps 3] [--compile] [--override trainer.precision=32-true ...]
+    python benchmarks/train_throughput.py [--image-size 150] [--batch-sizes 64 ...] [--rounds N]
+        [--steps N] [--warmup N] [--compile [MODE ...]] [--override trainer.precision=32-true ...]
 
 One process, one run, one JSON line on stdout (progress goes to stderr). What it measures:
 
-- `peak_gflops` / `peak_gflops_bf16`: the best of several large square matmuls, warmed up, with the
-  thread count training uses, through both CPU GEMM libraries PyTorch has (MKL and oneDNN), and of
-  a wide 3x3 convolution: on AMD CPUs MKL's fp32 GEMM stays well below the FMA units' limit that
-  oneDNN reaches, and oneDNN's convolutions can beat its GEMM. The peak is what the machine can
-  do, not what one library does, so MFU is never flattered by a slow reference kernel.
+- `peak_gflops` / `peak_gflops_bf16` (`_fp16` on GPUs without bf16): on a CPU, the best of several
+  large square matmuls through both GEMM libraries PyTorch has (MKL and oneDNN) and of a wide 3x3
+  convolution, warmed up, with the thread count training uses, measured next to every path (what
+  the machine can do, not what one library does). On a GPU, the vendor's dense (no sparsity) peak,
+  hard-coded by device name (`GPU_PEAKS`; Lightning's table lacks the H200), measured only for a
+  GPU not in the table. fp32 MFU on Ampere and later is against the TF32 peak: cuDNN runs fp32
+  convolutions in TF32 by default.
 - `gflop_per_image`: one full training step (forward, loss, backward) of the default network,
   counted by `torch.utils.flop_counter.FlopCounterMode`. MFU = gflop_per_image * img/s / peak.
+- `roofline_img_s`: the rate if every op of one eager training step (forward, loss, backward,
+  optimizer, at this batch size and the default precision) took max(its FLOPs / peak, its bytes /
+  memory bandwidth), each op reading its inputs from and writing its outputs to memory
+  (`StepCost`). Bandwidth: the vendor's HBM figure on a GPU, the best large copy on a CPU
+  (`bandwidth_gb_s`). `roofline_fraction` = ours / roofline. A compiled step fuses ops and moves
+  fewer bytes, so it can pass this eager roofline.
 - `reference_img_s`: a plain PyTorch loop a user would write: same network and optimizer (Adam,
-  PyTorch defaults), NCHW, fp32, the textbook loss; `reference_bf16_img_s`: the same in autocast.
+  PyTorch defaults), NCHW, fp32, the textbook loss, data where ours is (`data.on_device`);
+  `reference_bf16_img_s`: the same in autocast.
 - `ours_img_s`: `VAELitModule` from the real config inside a Lightning `Trainer` with the defaults
-  a user gets (callbacks, logger, precision), `ours_fp32_img_s` / `ours_bf16_img_s` with
+  a user gets (callbacks, logger, `precision: auto`), `ours_fp32_img_s` / `ours_bf16_img_s` with
   `trainer.precision` set. `bare_*`: the same module in a hand-written loop, so `trainer_vs_bare`
-  is what Lightning costs.
+  is what Lightning costs. With `--compile`, `ours_<precision>_compile[_<mode>]` add
+  `model.compile=<mode>` (default precision only). On a GPU, `ours_<precision>_fused_output`
+  also runs the decoder's fused output layer (`vae_lit.models.upsample_conv`, on by default on
+  CPU only), to decide whether it should be the default there too.
 
-Data is random uint8 images in RAM served by the project's own DataModule, so loading costs one
-memory copy a batch. Every path is timed in every round, round-robin, with the peak measured
-next to each, so a neighbour's load hits all of them alike; each reports its best round, and each
-round times `--steps` steps after `--warmup` untimed ones. `max_round_spread` and `load_avg_1m`
-say how quiet the machine was: a spread well above 1 means the ratios are not to be trusted.
+Data is random uint8 images served by the project's own DataModule (a pool of 512 images indexed
+round-robin), so loading costs one memory copy a batch; on a GPU they live on the device
+(`data.on_device=true`) unless an override says otherwise. Every path is timed in every round,
+round-robin, each round timing `--steps` steps after `--warmup` untimed ones (CUDA events on a GPU:
+defaults 100 and 10), and reports its best round. `max_round_spread` and `load_avg_1m` say how
+quiet the machine was: a spread well above 1 means the ratios are not to be trusted. On a GPU
+every batch size of `--batch-sizes` (default 64, 256, 1024) gets its own entry in `by_batch`; the
+top-level keys are the first batch size's.
 """
 
 import argparse
@@ -50,15 +65,42 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
+import vae_lit.models.upsample_conv as output_layer
 from vae_lit.data.datamodule import ImageArrayDataset, ImageDataModule
 from vae_lit.models import ConvVAE
 from vae_lit.train import instantiate_group
-from vae_lit.trainer import build_trainer
+from vae_lit.trainer import auto_precision, build_trainer, map_gpus
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-PRECISIONS = {"32-true": None, "bf16-mixed": torch.bfloat16}
+AUTOCAST = {"32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+TAGS = {"32-true": "fp32", "bf16-mixed": "bf16", "16-mixed": "fp16"}
+POOL = 512  # distinct images; a long run indexes them round-robin
+
+# Dense (no sparsity) peaks in TFLOP/s and memory bandwidth in GB/s, from the vendors' data sheets,
+# matched against torch.cuda.get_device_name() in this order (the first substring found wins).
+# bf16 None: no bf16 tensor cores (16-mixed runs fp16); tf32 None: no TF32.
+GPU_PEAKS = [
+    # name, bf16, fp16, tf32, fp32, GB/s
+    ("H200 NVL", 835.5, 835.5, 417.8, 60.0, 4800),
+    ("H200", 989.4, 989.4, 494.7, 66.9, 4800),
+    ("H100 PCIe", 756.5, 756.5, 378.0, 51.2, 2000),
+    ("H100 NVL", 835.5, 835.5, 417.8, 60.0, 3900),
+    ("H100", 989.4, 989.4, 494.7, 66.9, 3350),  # SXM5
+    ("A100-SXM4-80GB", 312.0, 312.0, 156.0, 19.5, 2039),
+    ("A100 80GB PCIe", 312.0, 312.0, 156.0, 19.5, 1935),
+    ("A100", 312.0, 312.0, 156.0, 19.5, 1555),  # 40 GB
+    ("L40S", 362.1, 362.1, 183.0, 91.6, 864),
+    ("L40", 181.0, 181.0, 90.5, 90.5, 864),
+    ("L4", 121.0, 121.0, 60.0, 30.3, 300),
+    ("T4", None, 65.0, None, 8.1, 320),
+    ("V100S", None, 130.0, None, 16.4, 1134),
+    ("V100-PCIE", None, 112.0, None, 14.0, 900),
+    ("V100", None, 125.0, None, 15.7, 900),  # SXM2
+]
 
 
 def log(message: str) -> None:
@@ -66,18 +108,20 @@ def log(message: str) -> None:
 
 
 class InMemoryImages(ImageDataModule):
-    """Random uint8 images in RAM: the project's batching without any decoding or disk."""
+    """Random uint8 images in RAM: the project's batching without any decoding or disk. A pool of
+    at most `POOL` distinct images serves `num_images` training images round-robin."""
 
     def __init__(self, num_images: int, **kwargs):
         super().__init__(**kwargs)
         self.num_images = num_images
 
     def load_splits(self) -> dict[str, ImageArrayDataset]:
-        shape = (self.num_images, self.channels, self.image_size, self.image_size)
+        pool = min(self.num_images, POOL)
+        shape = (pool, self.channels, self.image_size, self.image_size)
         images = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
-        few = np.arange(min(self.batch_size, self.num_images))
+        few = np.arange(min(self.batch_size, pool))
         return {
-            "train": ImageArrayDataset(images),
+            "train": ImageArrayDataset(images, np.arange(self.num_images) % pool),
             "val": ImageArrayDataset(images, few),
             "test": ImageArrayDataset(images, few),
         }
@@ -113,18 +157,49 @@ def device_name(device: torch.device) -> str:
 
 
 def library_versions() -> dict[str, str]:
-    """oneDNN and MKL as this torch build reports them: they decide the CPU kernels."""
+    """oneDNN and MKL as this torch build reports them (the CPU kernels), cuDNN on a GPU."""
     build = torch.__config__.show()
     found = {
         "onednn": re.search(r"MKL-DNN v([\d.]+)", build),
         "mkl": re.search(r"Math Kernel Library Version ([\d.]+)", build),
     }
-    return {name: match.group(1) for name, match in found.items() if match}
+    versions = {name: match.group(1) for name, match in found.items() if match}
+    if torch.cuda.is_available():
+        versions |= {"cuda": torch.version.cuda, "cudnn": str(torch.backends.cudnn.version())}
+    return versions
 
 
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+class Clock:
+    """Seconds between `start()` and `stop()`: CUDA events on a GPU (no sync until read), wall
+    time on a CPU."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.begin = self.end = None
+
+    def mark(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def start(self) -> None:
+        self.begin = self.mark()
+
+    def stop(self) -> None:
+        self.end = self.mark()
+
+    def seconds(self) -> float:
+        if self.cuda:
+            self.end.synchronize()
+            return self.begin.elapsed_time(self.end) / 1e3
+        return self.end - self.begin
 
 
 # -- the machine's peak --------------------------------------------------------------------------
@@ -155,10 +230,28 @@ def dense_gflops(dtype: torch.dtype, device: torch.device, n: int, reps: int) ->
     return best
 
 
-def bf16_supported(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+def copy_bandwidth_gb_s(device: torch.device, megabytes: int = 256, reps: int = 5) -> float:
+    """Best rate of copying a large tensor (read + write), in GB/s: a CPU's usable bandwidth."""
+    src = torch.empty(megabytes * 2**20, dtype=torch.uint8, device=device).fill_(1)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    synchronize(device)
+    seconds = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        dst.copy_(src)
+        synchronize(device)
+        seconds.append(time.perf_counter() - start)
+    return 2 * src.numel() / min(seconds) / 1e9
+
+
+def gpu_peaks(device: torch.device) -> dict[str, float | None] | None:
+    """The data-sheet row of this GPU (TFLOP/s, GB/s), or None when it is not in the table."""
+    name = torch.cuda.get_device_name(device)
+    for key, bf16, fp16, tf32, fp32, bandwidth in GPU_PEAKS:
+        if key in name:
+            return {"bf16": bf16, "fp16": fp16, "tf32": tf32, "fp32": fp32, "gb_s": bandwidth}
+    return None
 
 
 # -- model cost ----------------------------------------------------------------------------------
@@ -180,33 +273,72 @@ def train_step_gflop(net_cfg: DictConfig, image_size: int, channels: int) -> flo
     return counter.get_total_flops() / 2 / 1e9
 
 
+class StepCost(TorchDispatchMode):
+    """FLOPs and bytes of every op one eager step runs: each op reads its inputs from memory and
+    writes its outputs there (views and allocations move nothing), the eager roofline's model."""
+
+    FREE = ("empty", "empty_like", "empty_strided", "new_empty", "_local_scalar_dense", "detach")
+
+    def __init__(self):
+        super().__init__()
+        self.ops: list[tuple[int, int]] = []  # (flops, bytes)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        packet = func._overloadpacket
+        if func.is_view or packet.__name__ in self.FREE:
+            return out
+        inputs = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        outputs = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+        if out is None and packet.__name__.endswith("_"):  # in place, e.g. the fused Adam
+            outputs = [t for t in tree_leaves(args[0]) if isinstance(t, torch.Tensor)]
+        moved = sum(t.numel() * t.element_size() for t in inputs + outputs)
+        flops = (
+            flop_registry[packet](*args, **kwargs, out_val=out) if packet in flop_registry else 0
+        )
+        self.ops.append((int(flops), int(moved)))
+        return out
+
+
+def roofline_step_seconds(
+    model_cfg, autocast: torch.dtype | None, device, batch, peak_gflops: float, gb_s: float
+) -> tuple[float, float]:
+    """(seconds, bytes) of one eager training step of our module at `batch` on the roofline:
+    each op takes max(FLOPs / peak, bytes / bandwidth)."""
+    step = bare_path(model_cfg, autocast, device)
+    step(batch, 0)  # optimizer state exists from here on, as in a long run
+    cost = StepCost()
+    with cost:
+        step(batch, 1)
+    synchronize(device)
+    seconds = sum(max(f / (peak_gflops * 1e9), b / (gb_s * 1e9)) for f, b in cost.ops)
+    return seconds, sum(b for _, b in cost.ops)
+
+
 # -- the timed paths -----------------------------------------------------------------------------
 class WindowTimer(pl.Callback):
-    """Wall time from the end of the last warm-up batch to the end of the last batch."""
+    """Time from the end of the last warm-up batch to the end of the last batch."""
 
     def __init__(self, warmup: int, device: torch.device):
-        self.warmup, self.device = warmup, device
-        self.start = self.stop = 0.0
+        self.warmup, self.clock = warmup, Clock(device)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if batch_idx == self.warmup - 1 or batch_idx == trainer.num_training_batches - 1:
-            synchronize(self.device)
-            if batch_idx == self.warmup - 1:
-                self.start = time.perf_counter()
-            else:
-                self.stop = time.perf_counter()
+        if batch_idx == self.warmup - 1:
+            self.clock.start()
+        elif batch_idx == trainer.num_training_batches - 1:
+            self.clock.stop()
 
 
 def timed_loop(step: Callable, batches, warmup: int, device: torch.device) -> float:
     """Seconds for the batches after the first `warmup` ones, each run through `step`."""
-    start = None
+    clock = Clock(device)
     for i, batch in enumerate(batches):
         step(batch.to(device, non_blocking=True), i)
         if i == warmup - 1:
-            synchronize(device)
-            start = time.perf_counter()
-    synchronize(device)
-    return time.perf_counter() - start
+            clock.start()
+    clock.stop()
+    return clock.seconds()
 
 
 def reference_path(net_cfg, lr: float, autocast: torch.dtype | None, device: torch.device):
@@ -262,47 +394,62 @@ def trainer_path(cfg: DictConfig, precision: str, datamodule, warmup: int, devic
         loggers = instantiate_group(cfg.get("logger"))
         trainer = build_trainer(trainer_cfg, callbacks=callbacks, logger=loggers or False)
         trainer.fit(module, datamodule=datamodule)
-        return timer.stop - timer.start
+        return timer.clock.seconds()
 
     return run_round
+
+
+def with_fused_output_layer(run: Callable[[], float], device: torch.device):
+    """`run` with the decoder's fused output layer switched on for `device` too."""
+
+    def run_fused() -> float:
+        devices = output_layer.FUSED_DEVICES
+        output_layer.FUSED_DEVICES = (*devices, device.type)
+        try:
+            return run()
+        finally:
+            output_layer.FUSED_DEVICES = devices
+
+    return run_fused
 
 
 # -- main ----------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--image-size", type=int, default=150)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=3, help="every path is timed once a round")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per path and round")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps before them")
+    parser.add_argument(
+        "--batch-sizes", type=int, nargs="+", help="default: 64 on a CPU, 64 256 1024 on a GPU"
+    )
+    parser.add_argument("--rounds", type=int, help="every path once a round; CPU 3, GPU 2")
+    parser.add_argument("--steps", type=int, help="timed steps per path and round; CPU 3, GPU 100")
+    parser.add_argument("--warmup", type=int, help="untimed steps before them; CPU 1, GPU 10")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--peak-size", type=int, default=2048, help="side of the peak matmul")
-    parser.add_argument("--compile", action="store_true", help="also time model.compile=true")
+    parser.add_argument(
+        "--compile",
+        nargs="*",
+        metavar="MODE",
+        help="also time model.compile=MODE (none given: default), at the default precision",
+    )
     parser.add_argument(
         "--override", action="append", default=[], help="a Hydra override for our config"
     )
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore")  # self.log outside a Trainer, dataloader worker hints ...
-    for name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch"):
-        __import__("logging").getLogger(name).setLevel("ERROR")
-    root = Path(tempfile.mkdtemp(prefix="vae-lit-bench-"))
-    cfg = compose_config(
-        [f"data.image_size={args.image_size}", f"data.batch_size={args.batch_size}"]
-        + args.override,
-        root,
-    )
-    accelerator = str(cfg.trainer.get("accelerator", "auto"))
-    use_cuda = torch.cuda.is_available() and accelerator not in ("cpu",)
-    device = torch.device("cuda", 0) if use_cuda else torch.device("cpu")
-    has_bf16 = bf16_supported(device)
-    default_precision = str(cfg.trainer.precision)
-    batch, channels = args.batch_size, int(cfg.data.channels)
-    lr = float(cfg.model.optimizer.lr)
+def measure_batch(args, device: torch.device, batch: int, root: Path, peaks: dict | None) -> dict:
+    """Every path at one batch size: the result dict (and `per_round_img_s`, for the spread)."""
+    overrides = [f"data.image_size={args.image_size}", f"data.batch_size={batch}"]
+    if device.type == "cuda" and not any(o.startswith("data.on_device") for o in args.override):
+        overrides.append("data.on_device=true")
+    cfg = compose_config(overrides + args.override, root)
+    default_precision = str(map_gpus(cfg.trainer).precision)  # `auto` resolved as train.py does
+    low = auto_precision("cuda" if device.type == "cuda" else "cpu", 1)[0]
+    precisions = ["32-true"] + ([low] if low != "32-true" else [])
+    if default_precision not in precisions:
+        precisions.append(default_precision)
+    default_tag = TAGS[default_precision]
+    channels, lr = int(cfg.data.channels), float(cfg.model.optimizer.lr)
 
     datamodule = InMemoryImages(
         num_images=(args.warmup + args.steps) * batch,
@@ -317,37 +464,43 @@ def main(argv: list[str] | None = None) -> dict:
         datamodule.device_images = datamodule.move_to_device(device)
     loader = datamodule.dataloader("train", shuffle=True)
 
-    log(f"device: {device_name(device)}; counting FLOPs")
+    log(f"device: {device_name(device)}; batch {batch}; counting FLOPs")
     gflop = train_step_gflop(cfg.model.net, args.image_size, channels)
 
-    precisions = ["32-true"] + (["bf16-mixed"] if has_bf16 else [])
     paths: dict[str, Callable[[], float]] = {}
     for precision in precisions:
-        tag = "" if precision == "32-true" else "_bf16"
-        dtype = PRECISIONS[precision]
+        tag, dtype = TAGS[precision], AUTOCAST[precision]
+        suffix = "" if tag == "fp32" else f"_{tag}"
         ref_step = reference_path(cfg.model.net, lr, dtype, device)
-        paths[f"reference{tag}"] = lambda s=ref_step: timed_loop(
+        paths[f"reference{suffix}"] = lambda s=ref_step: timed_loop(
             s, iter(loader), args.warmup, device
         )
         bare_step = bare_path(cfg.model, dtype, device)
-        paths[f"bare{'_fp32' if not tag else tag}"] = lambda s=bare_step: timed_loop(
-            s, iter(loader), args.warmup, device
-        )
-        paths[f"ours{'_fp32' if not tag else tag}"] = trainer_path(
+        paths[f"bare_{tag}"] = lambda s=bare_step: timed_loop(s, iter(loader), args.warmup, device)
+        paths[f"ours_{tag}"] = trainer_path(
             cfg, precision, datamodule, args.warmup, device, root / precision
         )
-        if args.compile:
+        if device.type not in output_layer.FUSED_DEVICES and dtype is not None:
+            paths[f"ours_{tag}_fused_output"] = with_fused_output_layer(
+                trainer_path(cfg, precision, datamodule, args.warmup, device, root / "f"), device
+            )
+        for mode in args.compile if precision == default_precision else []:
             compiled = cfg.copy()
             with open_dict(compiled):
-                compiled.model.compile = True
-            paths[f"ours{'_fp32' if not tag else tag}_compile"] = trainer_path(
-                compiled, precision, datamodule, args.warmup, device, root / f"c{precision}"
+                compiled.model.compile = mode
+            name = f"ours_{tag}_compile" + ("" if mode == "default" else f"_{mode}")
+            paths[name] = trainer_path(
+                compiled, precision, datamodule, args.warmup, device, root / f"c{mode}"
             )
 
     peak_runs: dict[str, list[float]] = {}
-    dtypes = [("fp32", torch.float32)] + ([("bf16", torch.bfloat16)] if has_bf16 else [])
+    dtypes = [("fp32", torch.float32)] + [
+        (TAGS[p], AUTOCAST[p]) for p in precisions if AUTOCAST[p] is not None
+    ]
 
     def measure_peak() -> None:
+        if peaks is not None:  # a GPU from the table: its data sheet
+            return
         for dtype_name, dtype in dtypes:
             for lib, gflops in dense_gflops(dtype, device, args.peak_size, reps=3).items():
                 peak_runs.setdefault(f"{dtype_name}_{lib}", []).append(gflops)
@@ -361,7 +514,7 @@ def main(argv: list[str] | None = None) -> dict:
             measure_peak()
             per_round[name].append(batch * args.steps / run())
         log(
-            f"round {r + 1}/{args.rounds}: "
+            f"batch {batch}, round {r + 1}/{args.rounds}: "
             + ", ".join(f"{k} {v[-1]:.1f}" for k, v in per_round.items())
         )
     measure_peak()
@@ -373,58 +526,128 @@ def main(argv: list[str] | None = None) -> dict:
         )
 
     img_s = {name: max(values) for name, values in per_round.items()}
-    peak_by_lib = {k: round(max(v), 1) for k, v in peak_runs.items()}
-    peak = max(v for k, v in peak_by_lib.items() if k.startswith("fp32"))
-    peak_bf16 = max((v for k, v in peak_by_lib.items() if k.startswith("bf16")), default=None)
-    default_tag = "bf16" if default_precision.startswith("bf16") else "fp32"
+    if peaks is not None:
+        fp32_peak = 1e3 * (
+            peaks["tf32"] if torch.backends.cudnn.allow_tf32 and peaks["tf32"] else peaks["fp32"]
+        )
+        peak_by_lib = {"fp32": fp32_peak} | {
+            t: 1e3 * peaks[t] for t in ("bf16", "fp16") if t in dict(dtypes) and peaks[t]
+        }
+        bandwidth = float(peaks["gb_s"])
+    else:
+        peak_by_lib = {k: round(max(v), 1) for k, v in peak_runs.items()}
+        bandwidth = copy_bandwidth_gb_s(device)
+
+    def peak_of(tag: str) -> float | None:
+        return max((v for k, v in peak_by_lib.items() if k.split("_")[0] == tag), default=None)
+
     ours = img_s[f"ours_{default_tag}"]
-    default_peak = peak_bf16 if default_tag == "bf16" else peak
+    default_peak = peak_of(default_tag)
 
     def mfu(rate: float, peak_gflops: float | None) -> float | None:
         return round(gflop * rate / peak_gflops, 3) if peak_gflops else None
 
+    one_batch = next(iter(loader)).to(device)
+    roofline_s, step_bytes = roofline_step_seconds(
+        cfg.model, AUTOCAST[default_precision], device, one_batch, default_peak, bandwidth
+    )
+    low_tag = TAGS[low]
+    result = {
+        "batch_size": batch,
+        "default_precision": default_precision,
+        "peak_gflops": round(peak_of("fp32"), 1),
+        f"peak_gflops_{low_tag}": round(peak_of(low_tag), 1) if low_tag != "fp32" else None,
+        "peak_by_library": peak_by_lib,
+        "bandwidth_gb_s": round(bandwidth, 1),
+        "gflop_per_image": round(gflop, 4),
+        "mbytes_per_image": round(step_bytes / batch / 2**20, 2),
+        "reference_img_s": round(img_s["reference"], 2),
+        **{
+            f"reference_{t}_img_s": round(img_s[f"reference_{t}"], 2)
+            for t in (low_tag,)
+            if f"reference_{t}" in img_s
+        },
+        "ours_img_s": round(ours, 2),
+        **{
+            f"ours_{t}_img_s": round(img_s[f"ours_{t}"], 2)
+            for t in ("fp32", low_tag)
+            if f"ours_{t}" in img_s
+        },
+        "bare_img_s": round(img_s[f"bare_{default_tag}"], 2),
+        "ours_mfu": mfu(ours, default_peak),
+        **{
+            f"ours_{t}_mfu": mfu(img_s[f"ours_{t}"], peak_of(t))
+            for t in ("fp32", low_tag)
+            if f"ours_{t}" in img_s
+        },
+        "reference_mfu": mfu(img_s["reference"], peak_of("fp32")),
+        "roofline_img_s": round(batch / roofline_s, 2),
+        "roofline_fraction": round(ours * roofline_s / batch, 3),
+        "speedup_vs_reference": round(ours / img_s["reference"], 2),
+        **{
+            f"{t}_speedup_vs_reference": round(img_s[f"ours_{t}"] / img_s["reference"], 2)
+            for t in ("fp32", low_tag)
+            if f"ours_{t}" in img_s
+        },
+        "trainer_vs_bare": round(ours / img_s[f"bare_{default_tag}"], 3),
+        "trainer_vs_bare_by_precision": {
+            t: round(img_s[f"ours_{t}"] / img_s[f"bare_{t}"], 3)
+            for t in ("fp32", low_tag)
+            if f"ours_{t}" in img_s
+        },
+        "compile_img_s": {k: round(v, 2) for k, v in img_s.items() if "_compile" in k},
+        "fused_output_img_s": {k: round(v, 2) for k, v in img_s.items() if "_fused_output" in k},
+        "per_round_img_s": {k: [round(x, 1) for x in v] for k, v in per_round.items()},
+        "max_round_spread": round(spread, 2),  # slowest vs fastest round of one path; ~1: quiet
+        "load_avg_1m": [round(load_start, 2), round(os.getloadavg()[0], 2)],
+    }
+    if device.type == "cuda":
+        result["peak_memory_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")  # self.log outside a Trainer, dataloader worker hints ...
+    for name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch", "vae_lit"):
+        __import__("logging").getLogger(name).setLevel("ERROR")
+    root = Path(tempfile.mkdtemp(prefix="vae-lit-bench-"))
+    probe = compose_config(args.override, root)
+    use_cuda = torch.cuda.is_available() and str(probe.trainer.get("accelerator")) != "cpu"
+    device = torch.device("cuda", 0) if use_cuda else torch.device("cpu")
+    gpu = device.type == "cuda"
+    args.batch_sizes = args.batch_sizes or ([64, 256, 1024] if gpu else [64])
+    args.rounds = args.rounds or (2 if gpu else 3)
+    args.steps = args.steps or (100 if gpu else 3)
+    args.warmup = max(1, args.warmup or (10 if gpu else 1))
+    args.compile = None if args.compile is None else (args.compile or ["default"])
+    args.compile = args.compile or []
+    peaks = gpu_peaks(device) if gpu else None
+
+    by_batch = {}
+    for batch in args.batch_sizes:
+        try:
+            by_batch[str(batch)] = measure_batch(args, device, batch, root / str(batch), peaks)
+        except torch.OutOfMemoryError:
+            by_batch[str(batch)] = {"batch_size": batch, "error": "out of memory"}
+            torch.cuda.empty_cache()
+    first = by_batch[str(args.batch_sizes[0])]
     result = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "device": device_name(device),
         "threads": torch.get_num_threads(),
         "image_size": args.image_size,
-        "batch_size": batch,
-        "default_precision": default_precision,
-        "peak_gflops": round(peak, 1),
-        "peak_gflops_bf16": peak_bf16,
-        "peak_by_library": peak_by_lib,
-        "gflop_per_image": round(gflop, 4),
-        "reference_img_s": round(img_s["reference"], 2),
-        "reference_bf16_img_s": round(img_s["reference_bf16"], 2) if has_bf16 else None,
-        "ours_img_s": round(ours, 2),
-        "ours_fp32_img_s": round(img_s["ours_fp32"], 2),
-        "ours_bf16_img_s": round(img_s["ours_bf16"], 2) if has_bf16 else None,
-        "bare_img_s": round(img_s[f"bare_{default_tag}"], 2),
-        "ours_mfu": mfu(ours, default_peak),
-        "ours_fp32_mfu": mfu(img_s["ours_fp32"], peak),
-        "ours_bf16_mfu": mfu(img_s["ours_bf16"], peak_bf16) if has_bf16 else None,
-        "reference_mfu": mfu(img_s["reference"], peak),
-        "speedup_vs_reference": round(ours / img_s["reference"], 2),
-        "fp32_speedup_vs_reference": round(img_s["ours_fp32"] / img_s["reference"], 2),
-        "bf16_speedup_vs_reference": (
-            round(img_s["ours_bf16"] / img_s["reference"], 2) if has_bf16 else None
-        ),
-        "trainer_vs_bare": round(ours / img_s[f"bare_{default_tag}"], 3),
-        "trainer_vs_bare_by_precision": {
-            tag: round(img_s[f"ours_{tag}"] / img_s[f"bare_{tag}"], 3)
-            for tag in ("fp32", "bf16")
-            if f"ours_{tag}" in img_s
-        },
-        "compile_img_s": {
-            name: round(v, 2) for name, v in img_s.items() if name.endswith("_compile")
-        },
-        "per_round_img_s": {k: [round(x, 1) for x in v] for k, v in per_round.items()},
+        **first,
+        "by_batch": by_batch if len(by_batch) > 1 else None,
+        "peak_source": "data sheet"
+        if peaks
+        else ("measured" if not gpu else "measured (GPU not in GPU_PEAKS)"),
         "rounds": args.rounds,
-        "max_round_spread": round(
-            spread, 2
-        ),  # slowest vs fastest round of one path; ~1 when quiet
-        "load_avg_1m": [round(load_start, 2), round(os.getloadavg()[0], 2)],
         "steps_per_round": args.steps,
+        "warmup_steps": args.warmup,
         "overrides": args.override,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "versions": {

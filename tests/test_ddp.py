@@ -61,7 +61,7 @@ def test_ddp_with_two_cpu_processes_writes_one_run(tmp_path: Path):
         from vae_lit.callbacks.generation_gif import read_gif
 
         assert len(read_gif(run_dir / "results" / "generation.gif")) == 1
-    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 0
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
     assert len(wandb_runs(run_dir)) == 1
 
     # val metrics are synced: the logged KL is the whole split's, not rank 0's half of it

@@ -181,4 +181,4 @@ def test_logger_many_is_csv_tensorboard_and_wandb(no_network, tmp_path: Path):
     loggers = [instantiate(entry) for entry in cfg.logger.values()]
     finish_wandb(loggers)
     names = sorted(type(logger).__name__ for logger in loggers)
-    assert names == ["CSVLogger", "TensorBoardLogger", "WandbLogger"]
+    assert names == ["AppendingCSVLogger", "TensorBoardLogger", "WandbLogger"]

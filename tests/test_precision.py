@@ -1,6 +1,7 @@
 """The fast path changes speed, not results: bf16-mixed trains as well as fp32 (the evidence behind
 `trainer.precision: auto` choosing it), and channels_last and the fused loss compute the same
-numbers. `auto` picks the precision the hardware computes natively and says why."""
+numbers. `auto` picks the precision the hardware computes natively and says why; the other
+switches of the fast path (cudnn.benchmark, model.compile) take their documented values."""
 
 import logging
 from pathlib import Path
@@ -11,7 +12,8 @@ import torch.nn.functional as F
 from conftest import TINY, compose_config
 from hydra.utils import instantiate
 
-from vae_lit.losses import BernoulliNLL
+from vae_lit.errors import find_user_error
+from vae_lit.likelihoods import BernoulliNLL
 from vae_lit.train import train
 from vae_lit.trainer import map_gpus
 
@@ -99,7 +101,7 @@ def pretend_gpus(monkeypatch, capabilities: list[tuple[int, int]]) -> None:
     monkeypatch.setattr(torch.cuda, "device_count", lambda: len(capabilities))
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=0: capabilities[i])
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: names[capabilities[i]])
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # emulation says yes
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # emulated
 
 
 def pretend_cpu(monkeypatch, avx512_bf16: bool, amx: bool) -> None:
@@ -110,7 +112,7 @@ def pretend_cpu(monkeypatch, avx512_bf16: bool, amx: bool) -> None:
 
 
 def resolved(tmp_path: Path, caplog, *overrides: str) -> tuple[str, str]:
-    """(precision, log text) of the default trainer config with `overrides`, as train.py builds it."""
+    """(precision, log text) of the default trainer config with `overrides`, as train.py has it."""
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="vae_lit.trainer"):
         trainer_cfg = map_gpus(compose_config(tmp_path, list(overrides)).trainer)
@@ -181,3 +183,28 @@ def test_explicit_bf16_on_hardware_that_emulates_it_warns(monkeypatch, tmp_path,
     text = resolved(tmp_path, caplog, "trainer.precision=bf16-mixed")[1]
     assert "trainer.precision=bf16-mixed will be emulated and slow" in text
     assert "trainer.precision=auto would choose 16-mixed" in text
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ([], True),  # fixed training shapes: cuDNN may pick the fastest algorithm per shape
+        (["trainer.deterministic=true"], False),  # repeatable runs: no timing-dependent choice
+        (["trainer.benchmark=false"], False),
+        (["trainer.deterministic=true", "trainer.benchmark=true"], True),  # explicit wins
+    ],
+)
+def test_cudnn_benchmark_is_on_unless_runs_must_repeat(tmp_path, caplog, overrides, expected):
+    trainer_cfg = map_gpus(compose_config(tmp_path, overrides).trainer)
+    assert trainer_cfg.benchmark is expected
+
+
+def test_model_compile_takes_a_mode_and_refuses_others_in_one_line(tmp_path):
+    cfg = compose_config(tmp_path, TINY)
+    for value, mode in ((False, None), (True, "default"), ("reduce-overhead", "reduce-overhead")):
+        assert instantiate(cfg.model, compile=value).compile_net == mode
+    with pytest.raises(Exception) as failure:  # Hydra wraps it; the entry points unwrap it
+        instantiate(cfg.model, compile="fast")
+    assert str(find_user_error(failure.value)).startswith(
+        "model.compile='fast' is unknown; use false, true or one of: default, reduce-overhead"
+    )

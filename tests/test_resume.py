@@ -105,7 +105,7 @@ def test_resume_auto_skips_a_last_checkpoint_cut_short_by_a_kill(tmp_path: Path)
     last.write_bytes(last.read_bytes()[:1000])  # killed while writing it
     cfg = compose_config(tmp_path, [*TINY, "test=false", "resume=auto", "trainer.max_epochs=2"])
     train(cfg)  # falls back to epoch_000.ckpt, the newest checkpoint that still loads
-    final = torch.load(tmp_path / "checkpoints" / "last-v1.ckpt", weights_only=False)
+    final = torch.load(tmp_path / "checkpoints" / "last-v1.ckpt", weights_only=True)
     assert (final["epoch"], final["global_step"]) == (1, 2 * STEPS_PER_EPOCH)
 
 

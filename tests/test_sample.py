@@ -63,7 +63,7 @@ def test_interpolate_draws_one_path_per_row(run_dir: Path, tmp_path: Path):
     [
         (["mode=walk"], "mode=walk is unknown"),
         (["mode=interpolate", "n=10", "nrow=4"], "n=10 must be a multiple of nrow=4"),
-        (["n=0"], "n=0 and nrow=8 must be positive"),
+        (["n=0"], "n=0 must be a positive integer"),
     ],
 )
 def test_bad_arguments_are_one_line_errors(run_dir, tmp_path, overrides, message):

@@ -9,6 +9,7 @@ short: `AtomicCheckpointIO` writes checkpoints the same way as every other file.
 
 import errno
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +18,8 @@ from typing import IO, Any
 
 import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+from vae_lit.errors import UserError
 
 PARTIAL_SUFFIX = ".partial"
 # What a full disk looks like: no space, a quota, or a file size limit (`ulimit -f`).
@@ -64,6 +67,35 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
+def check_output_file(path: str | Path, key: str) -> Path:
+    """Refuse, in one line and before any work, an output file that cannot be written: a
+    directory, a read-only place. A missing folder is created for a relative path; for an
+    absolute one it is an error, since a typo there would create folders at the root."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{key}={path} is a folder; pass a file name, e.g. {key}={path}/out.png")
+    folder = path.parent
+    if not folder.is_dir():
+        if path.is_absolute():
+            raise UserError(
+                f"{key}={path}: its folder {folder} does not exist; create it, or pass a path in "
+                "an existing folder"
+            )
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"{key}={path}: cannot create {folder} ({exc.strerror})") from exc
+    try:
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".probe")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UserError(
+            f"{key}={path} cannot be written ({exc.strerror}); pass {key}=<a writable path>"
+        ) from exc
+    return path
+
+
 def remove_stale_partials(folder: Path) -> list[Path]:
     """Remove the temporary files that killed writers left under `folder`. Only safe while no
     other process writes there: the caller holds the folder's lock."""
@@ -95,3 +127,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options)
         with atomic_write(path, "wb") as file:
             torch.save(checkpoint, file)
+
+
+def use_atomic_checkpoints(trainer: Any) -> None:
+    """Give the trainer's strategy `AtomicCheckpointIO`, unless it was given a writer of its own
+    (asynchronous, remote, ...)."""
+    if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+        trainer.strategy.checkpoint_io = AtomicCheckpointIO()

@@ -85,7 +85,8 @@ def read_model_folder(folder: str | Path, map_location: str = "cpu") -> dict[str
         config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise refused(f"{CONFIG_FILE} is not JSON ({first_line(exc)})") from None
-    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+    model = config.get("model") if isinstance(config, dict) else None
+    if not isinstance(model, dict) or "_target_" not in model:
         raise refused(f"{CONFIG_FILE} holds no model config")
     try:
         weights = safetensors.torch.load_file(folder / WEIGHTS_FILE, device=str(map_location))
@@ -143,11 +144,18 @@ def load_checkpoint(
 def build_module(checkpoint: dict[str, Any], source: str) -> tuple["VAELitModule", DictConfig]:
     """The module a checked checkpoint dict describes, its weights loaded, in eval mode."""
     raw = checkpoint[CONFIG_KEY]
+    if not isinstance(raw.get("model"), dict):
+        raise UserError(f"{source} is not a vae-lit checkpoint: its config has no model")
     check_resolved(raw, source)
     for section in CHECKED_SECTIONS:
         if raw.get(section) is not None:
             check_config(raw[section], source, section)
-    config = OmegaConf.create(raw)
+    try:
+        config = OmegaConf.create(raw)
+    except Exception as exc:  # values no config holds (a tensor, say)
+        raise UserError(
+            f"{source} is refused: its config is not plain data ({first_line(exc)})"
+        ) from None
     module = instantiate(config.model)
     if not isinstance(module, LightningModule):
         raise UserError(f"{source} is refused: its model config builds no LightningModule")

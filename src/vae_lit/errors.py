@@ -1,9 +1,11 @@
 """The one exception type for bad user input: entry points print it as one line, no traceback."""
 
+import re
 import sys
 from collections.abc import Callable
 from typing import TypeVar
 
+from hydra.errors import InstantiationException
 from omegaconf.errors import MissingMandatoryValue
 
 T = TypeVar("T")
@@ -15,7 +17,7 @@ class UserError(Exception):
 
 def find_user_error(exc: BaseException | None) -> UserError | None:
     """The UserError behind `exc`, looking through wrappers such as InstantiationException."""
-    seen = set()
+    first, seen = exc, set()
     while exc is not None and id(exc) not in seen:
         if isinstance(exc, UserError):
             return exc
@@ -24,7 +26,26 @@ def find_user_error(exc: BaseException | None) -> UserError | None:
             return UserError(f"{key} is not set; add {key}=<value> to the command")
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
-    return None
+    return refused_value(first)
+
+
+def refused_value(exc: BaseException | None) -> UserError | None:
+    """Hydra's multi-line "Error in call to target" for a value the target refused (a ValueError,
+    Lightning's MisconfigurationException, a wrong argument name) as one line naming the key."""
+    if not isinstance(exc, InstantiationException):
+        return None
+    cause = exc.__cause__
+    found = re.search(r"full_key: (\S+)", str(exc))
+    key = found[1] if found else "the config"
+    text = " ".join(str(cause).split())
+    if isinstance(cause, MemoryError) or "can't allocate memory" in text:  # image_size=100000
+        return UserError(
+            f"{key} does not fit in memory ({text}); lower data.image_size or the network's size"
+        )
+    refused = isinstance(cause, ValueError) or type(cause).__name__ == "MisconfigurationException"
+    if not refused and not (isinstance(cause, TypeError) and "argument" in text):
+        return None
+    return UserError(f"{key}: {text}; fix the values under {key}")
 
 
 def exit_on_user_error(task: Callable[[], T]) -> T:

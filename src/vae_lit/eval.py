@@ -24,7 +24,9 @@ from rich.markup import escape
 from rich.progress import track
 from rich.table import Table
 
+from vae_lit.atomic_write import check_output_file, write_text_atomic
 from vae_lit.checkpoint import checkpoint_step, load_checkpoint
+from vae_lit.config_checks import run_cli
 from vae_lit.data.datamodule import SPLITS
 from vae_lit.data.sprites import FACTOR_NAMES
 from vae_lit.data.sprites_datamodule import SpritesDataModule
@@ -37,7 +39,9 @@ from vae_lit.metrics.image_quality import mse_per_image, psnr_per_image
 from vae_lit.metrics.iwae import importance_weighted_log_likelihood
 from vae_lit.metrics.mig import NUM_BINS, factor_gaps
 from vae_lit.objectives import elbo_terms, forward_pass
-from vae_lit.trusted_config import check_config
+from vae_lit.samplers import latent_likelihood_rows, latent_log_likelihoods
+from vae_lit.trusted_config import check_targets
+from vae_lit.vq_eval import evaluate_vq_model, is_vq_model, vq_metrics_table
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +222,7 @@ def metrics_table(metrics: dict[str, Any], title: str = "Evaluation") -> Table:
         rows += [(f"  {name}", f"{gap:.3f}", "") for name, gap in m["mig_per_factor"].items()]
     if "fid" in m:
         rows.append(("FID", f"{m['fid']:.2f}", "prior samples vs images; lower is better"))
+    rows += latent_likelihood_rows(m)  # the prior and the fitted samplers (vae_lit.samplers)
     for row in rows:
         table.add_row(*row)
     return table
@@ -251,7 +256,7 @@ def log_to_run_loggers(
     for name, entry in (run_cfg.get("logger") or {}).items():
         if not entry or "_target_" not in entry:
             continue
-        check_config(entry, source, f"logger.{name}", allowed="logger")  # before any import
+        check_targets(entry, source, f"logger.{name}", allowed="logger")  # before any import
         target = get_object(entry._target_)
         if isinstance(target, type) and issubclass(target, CSVLogger):
             continue
@@ -283,7 +288,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise UserError(f"split={cfg.split!r} is unknown; use one of: {', '.join(SPLITS)}")
     device = resolve_device(str(cfg.device))
     ckpt = Path(cfg.ckpt)
+    beside = ckpt if ckpt.is_dir() else ckpt.parent  # a model folder keeps its eval.json inside
+    json_path = Path(cfg.eval.json) if cfg.eval.get("json") else beside / "eval.json"
+    check_output_file(json_path, "eval.json")  # before the evaluation, not after it
     module, run_cfg = load_checkpoint(ckpt, map_location=str(device))
+    if cfg.eval.log_to_run:  # a stranger's logger config is refused before the work, not after
+        check_targets(run_cfg.get("logger") or {}, f"checkpoint {ckpt}", "logger", "logger")
     module.to(device)
     data_cfg = cfg.get("data") or run_cfg.get("data")
     if data_cfg is None:
@@ -294,7 +304,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             data_cfg.batch_size = cfg.eval.batch_size
     log.info(f"Instantiating datamodule <{data_cfg._target_}>")
     datamodule: LightningDataModule = instantiate(data_cfg)
-    net = module.net
+    net = getattr(module, "vqvae", module).net  # a VQ-VAE prior's checkpoint: its VQ-VAE's
     if (datamodule.image_size, datamodule.channels) != (net.image_size, net.channels):
         raise UserError(
             f"data.image_size={datamodule.image_size} and data.channels={datamodule.channels} "
@@ -313,24 +323,32 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             log.warning(f"FID skipped: {exc}")
 
     log.info(f"Evaluating {ckpt} on the {cfg.split} split (IWAE k={cfg.eval.k}, {device})")
-    metrics = evaluate_model(
-        module,
-        datamodule,
-        split=cfg.split,
-        k=int(cfg.eval.k),
-        max_decodes=int(cfg.eval.max_decodes),
-        active_threshold=float(cfg.eval.active_threshold),
-        mig_bins=int(cfg.eval.mig_bins),
-        fid=fid,
-        seed=int(cfg.seed),
-    )
+    table = metrics_table
+    if is_vq_model(module):  # a VQ-VAE, or a prior over its codes (vae_lit.train_prior)
+        metrics = evaluate_vq_model(
+            module, datamodule, cfg.split, int(cfg.eval.get("prior_samples", 64)), int(cfg.seed)
+        )
+        table = vq_metrics_table
+    else:
+        metrics = evaluate_model(
+            module,
+            datamodule,
+            split=cfg.split,
+            k=int(cfg.eval.k),
+            max_decodes=int(cfg.eval.max_decodes),
+            active_threshold=float(cfg.eval.active_threshold),
+            mig_bins=int(cfg.eval.mig_bins),
+            fid=fid,
+            seed=int(cfg.seed),
+        )
+        # how well each fitted sampler (and the prior) covers the split's posterior means
+        samplers, fit = cfg.get("samplers"), list(cfg.eval.get("samplers") or [])
+        metrics.update(latent_log_likelihoods(module, datamodule, samplers, ckpt, cfg.split, fit))
     step = checkpoint_step(ckpt)
     metrics = {"checkpoint": str(ckpt), "global_step": step, **metrics}
 
-    Console().print(metrics_table(metrics, title=f"vae-lit eval: {ckpt}"))
-    beside = ckpt if ckpt.is_dir() else ckpt.parent  # a model folder keeps its eval.json inside
-    json_path = Path(cfg.eval.json) if cfg.eval.get("json") else beside / "eval.json"
-    json_path.write_text(json.dumps(metrics, indent=2) + "\n")
+    Console().print(table(metrics, title=f"vae-lit eval: {ckpt}"))
+    write_text_atomic(json_path, json.dumps(metrics, indent=2) + "\n")
     log.info(f"Wrote {json_path}")
     if cfg.eval.log_to_run and in_its_run_dir(ckpt, run_cfg):
         log_to_run_loggers(run_cfg, metrics, step, source=f"checkpoint {ckpt}")
@@ -343,4 +361,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)  # a typo in a key or a config name is one line too

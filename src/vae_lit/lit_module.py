@@ -15,6 +15,8 @@ from vae_lit.objectives import ELBO, Objective, ObjectiveTerms, negative_elbo
 from vae_lit.pretrained import PretrainedVAE
 from vae_lit.priors import Prior, StandardNormal
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+
 
 def to_float_images(batch: torch.Tensor) -> torch.Tensor:
     """uint8 batches (what the data modules serve) become floats in [0, 1]; floats pass through."""
@@ -41,7 +43,7 @@ class VAELitModule(LightningModule, PretrainedVAE):  # save/from_pretrained, pus
         prior: Prior | None = None,
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         channels_last: bool = True,
-        compile: bool = False,
+        compile: bool | str = False,
     ):
         super().__init__()
         self.net = net
@@ -70,7 +72,13 @@ class VAELitModule(LightningModule, PretrainedVAE):  # save/from_pretrained, pus
         self.channels_last = bool(channels_last)
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
-        self.compile_net = bool(compile)
+        # torch.compile's mode, or None: true means "default"; "reduce-overhead" adds CUDA graphs.
+        if compile not in (False, True, None, *COMPILE_MODES):
+            raise UserError(
+                f"model.compile={compile!r} is unknown; use false, true or one of: "
+                f"{', '.join(COMPILE_MODES)}"
+            )
+        self.compile_net = "default" if compile is True else (compile or None)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
 
@@ -149,13 +157,15 @@ class VAELitModule(LightningModule, PretrainedVAE):  # save/from_pretrained, pus
             f"{stage}/bits_per_dim": terms.bits_per_dim,
         }
         if stage == "train":
-            metrics.update(
-                {
-                    f"train/{key}": value if torch.is_tensor(value) else torch.tensor(value)
-                    for key, value in terms.extras.items()
-                }
-            )
+            extras = terms.extras.items()
+            metrics.update({f"train/{k}": v for k, v in extras if torch.is_tensor(v)})
         self.log_dict(metrics, **log_args)
+        # Host numbers (beta, capacity) would each be a host-to-device copy per step as a tensor:
+        # they are logged only on the steps whose metrics Lightning writes to the loggers.
+        writes = self._trainer is not None and self.trainer._logger_connector.should_update_logs
+        if stage == "train" and writes:
+            host = {f"train/{k}": float(v) for k, v in extras if not torch.is_tensor(v)}
+            self.log_dict(host, on_step=True, on_epoch=False, batch_size=images.shape[0])
         return terms
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
@@ -200,7 +210,8 @@ class VAELitModule(LightningModule, PretrainedVAE):  # save/from_pretrained, pus
     def setup(self, stage: str) -> None:
         # Only when fitting: evaluating or sampling a checkpoint should not wait for a compile.
         if self.compile_net and stage == "fit":
-            self.net.compile()  # in place: parameter names, and so checkpoints, do not change
+            # in place: parameter names, and so checkpoints, do not change
+            self.net.compile(mode=self.compile_net)
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(params=self.parameters())

@@ -18,6 +18,7 @@ import safetensors.torch
 import torch
 import yaml
 from huggingface_hub import ModelCard, ModelHubMixin, hf_hub_download
+from omegaconf import DictConfig, OmegaConf
 
 from vae_lit.errors import UserError
 
@@ -130,6 +131,8 @@ class PretrainedVAE(
 
     def pretrained_config(self, config: dict[str, Any] | None = None) -> dict[str, Any]:
         config = config if config is not None else self._hub_mixin_config
+        if isinstance(config, DictConfig):
+            config = OmegaConf.to_container(config, resolve=True)
         model = (config or {}).get("model")
         if not isinstance(model, dict) or "_target_" not in model:
             raise UserError(
@@ -194,9 +197,24 @@ class PretrainedVAE(
         return ModelCard(text)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs):
-        """A model folder, or a Hub repo id (`<user>/<name>`) downloaded to the Hub's cache."""
-        path = Path(pretrained_model_name_or_path)
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | Path,
+        *,
+        force_download: bool = False,
+        token: str | bool | None = None,
+        cache_dir: str | Path | None = None,
+        local_files_only: bool = False,
+        revision: str | None = None,
+        map_location: str = "cpu",
+    ):
+        """A model folder, or a Hub repo id (`<user>/<name>`) downloaded to the Hub's cache.
+
+        As the mixin's, but config.json is read by vae-lit's own loader, which checks it before
+        anything is built and says in one line what is wrong with a folder; and no other keyword
+        arguments, since the module is built from config.json alone.
+        """
+        path = Path(pretrained_model_name_or_path).expanduser()
         if path.is_file():
             raise UserError(
                 f"{path} is a file; pass a model folder (python -m vae_lit.export writes one) or "
@@ -205,7 +223,15 @@ class PretrainedVAE(
         local = path.is_absolute() or str(path).startswith((".", "~")) or len(path.parts) > 2
         if local and not path.exists():
             raise UserError(f"model folder {path} does not exist")
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        return cls._from_pretrained(
+            model_id=str(path) if path.is_dir() else str(pretrained_model_name_or_path),
+            revision=revision,
+            cache_dir=cache_dir,
+            force_download=force_download,
+            local_files_only=local_files_only,
+            token=token,
+            map_location=map_location,
+        )
 
     @classmethod
     def _from_pretrained(
@@ -218,16 +244,10 @@ class PretrainedVAE(
         local_files_only: bool,
         token: str | bool | None,
         map_location: str = "cpu",
-        **model_kwargs,
     ):
         # imported here: vae_lit.checkpoint builds modules, and lit_module imports this file
         from vae_lit.checkpoint import load_checkpoint
 
-        if model_kwargs:  # the mixin passes config.json keys named like __init__ arguments
-            raise UserError(
-                f"{model_id} is refused: its {CONFIG_FILE} has keys ({', '.join(model_kwargs)}) "
-                "that a vae-lit model folder never has"
-            )
         folder = Path(model_id)
         if not folder.is_dir():
             for name in (CONFIG_FILE, WEIGHTS_FILE):

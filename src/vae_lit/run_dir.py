@@ -13,6 +13,7 @@ leaves the dir as it was.
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +125,9 @@ def previous_outputs(run_dir: Path) -> list[Path]:
 def refuse_overwrite(run_dir: str | Path, resuming: bool) -> None:
     """A fresh start must not overwrite an earlier run's pictures, metrics and checkpoints."""
     run_dir = Path(run_dir)
-    if resuming or any(run_dir.glob("hpc_ckpt_*.ckpt")):  # SLURM's requeue: Lightning resumes
+    if resuming or not is_main_process():
+        return
+    if any(run_dir.glob("hpc_ckpt_*.ckpt")):  # SLURM requeued the job: Lightning resumes it
         return
     outputs = previous_outputs(run_dir) if run_dir.is_dir() else []
     if outputs:
@@ -170,7 +173,11 @@ class RunDirGuard(HydraCallback):
             return
         HydraConfig.instance().set_config(config)  # run.dir may use ${hydra:...}
         run_dir = os.path.abspath(str(OmegaConf.select(config, "hydra.run.dir")))
-        claim(run_dir)
+        try:
+            claim(run_dir)
+        except UserError as error:  # Hydra turns a callback's exception into a warning
+            print(f"vae-lit: error: {error}", file=sys.stderr)
+            sys.exit(2)
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
         if is_main_process():

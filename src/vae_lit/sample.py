@@ -13,12 +13,16 @@ from pathlib import Path
 import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
+from PIL import Image
 
+from vae_lit.atomic_write import check_output_file
 from vae_lit.callbacks.image_grids import image_grid, save_png
 from vae_lit.callbacks.latent_views import slerp
 from vae_lit.checkpoint import load_checkpoint
+from vae_lit.config_checks import non_negative_int, positive_int, run_cli, shown
 from vae_lit.errors import UserError, exit_on_user_error
 from vae_lit.lit_module import VAELitModule
+from vae_lit.samplers import sample_latents
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +54,25 @@ def sample(cfg: DictConfig) -> Path:
         raise UserError("ckpt is missing; pass ckpt=<run dir>/checkpoints/last.ckpt")
     if cfg.mode not in MODES:
         raise UserError(f"mode={cfg.mode} is unknown; use one of: {', '.join(MODES)}")
-    if cfg.n <= 0 or cfg.nrow <= 0:
-        raise UserError(f"n={cfg.n} and nrow={cfg.nrow} must be positive integers")
+    for key in ("n", "nrow", "seed"):
+        problem = (non_negative_int if key == "seed" else positive_int)(cfg[key])
+        if problem:
+            raise UserError(f"{key}={shown(cfg[key])} {problem}")
+    check_output_file(Path(cfg.out), "out")  # before loading the model, not after drawing
+    if Path(cfg.out).suffix.lower() not in Image.registered_extensions():
+        raise UserError(f"out={cfg.out} names no image format; end it with .png or .jpg")
     if cfg.mode == "interpolate" and cfg.n % cfg.nrow:
         raise UserError(
             f"n={cfg.n} must be a multiple of nrow={cfg.nrow} with mode=interpolate "
             "(each row is one path)"
         )
     device = pick_device(cfg.device)
-    module, _ = load_checkpoint(cfg.ckpt)
+    module, run_cfg = load_checkpoint(cfg.ckpt)
     module.to(device)
-    codes = latent_codes(module, cfg.mode, cfg.n, cfg.nrow, cfg.seed)
+    # a VQ-VAE prior's codes (temperature), or a fitted sampler's draws (sampler=gmm|two_stage)
+    codes = sample_latents(cfg, module, run_cfg)
+    if codes is None:
+        codes = latent_codes(module, cfg.mode, cfg.n, cfg.nrow, cfg.seed)
     with torch.no_grad():
         images = torch.cat([module.decode(batch.to(device)).cpu() for batch in codes.split(256)])
     out = save_png(image_grid(images, cfg.nrow), Path(cfg.out))
@@ -74,4 +86,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)  # a typo in a key or a config name is one line too

@@ -18,7 +18,8 @@ import hashlib
 import json
 import logging
 import math
-import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from vae_lit.atomic_write import atomic_path, write_text_atomic
 from vae_lit.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -229,6 +231,19 @@ class GaussianMixture(LatentSampler):
         return points.float().to(device or "cpu")
 
 
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Matrices this small gain nothing from a second thread and lose a lot when the cores are
+    busy: a step of the default two-stage VAE took 3.8 ms on one thread and 60 ms on two, on a
+    2-core machine shared with other work."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def mlp(sizes: list[int]) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
@@ -320,7 +335,7 @@ class TwoStageVAE(LatentSampler):
         optimizer = torch.optim.Adam(parameters, lr=self.lr)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, self.steps)
         generator = torch.Generator().manual_seed(self.seed)
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), one_thread():
             torch.manual_seed(self.seed)
             for _ in range(self.steps):
                 batch = data[torch.randint(len(data), (self.batch_size,), generator=generator)]
@@ -332,7 +347,7 @@ class TwoStageVAE(LatentSampler):
                 schedule.step()
         return {
             "final_neg_elbo": float(loss.detach()),
-            "gamma": float(torch.exp(self.log_gamma)),
+            "gamma": float(torch.exp(self.log_gamma.detach())),
             "train_log_likelihood": float(self.log_prob(x).mean()),
         }
 
@@ -352,8 +367,12 @@ class TwoStageVAE(LatentSampler):
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, device=None):
         u = torch.randn(n, self.dim, generator=generator).to(self.shift.device)
-        points = self.decoder(u) * self.scale + self.shift  # the decoder's mean, as Dai & Wipf
-        return points.to(device or "cpu")
+        noise = torch.randn(n, self.dim, generator=generator).to(self.shift.device)
+        # z ~ p(z|u), the density log_prob scores: Dai & Wipf decode the mean alone, the same
+        # once gamma is small, but a second stage that explains the codes by its noise would
+        # then draw every sample at one point
+        points = self.decoder(u) + noise * torch.exp(0.5 * self.log_gamma)
+        return (points * self.scale + self.shift).to(device or "cpu")
 
 
 # -- fitting once, saving next to the checkpoint -------------------------------------------------
@@ -375,21 +394,14 @@ def sampler_paths(ckpt: Path, name: str) -> tuple[Path, Path]:
     return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
 
 
-def write_atomically(path: Path, write) -> None:
-    """`write(tmp_path)`, then rename over `path`: a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.partial")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def save_sampler(sampler: LatentSampler, ckpt: Path, record: dict[str, Any]) -> Path:
     tensors_path, json_path = sampler_paths(ckpt, sampler.name)
     tensors = {
         key: value.detach().cpu().contiguous() for key, value in sampler.state_dict().items()
     }
-    write_atomically(tensors_path, lambda p: save_file(tensors, str(p)))
-    text = json.dumps(record, indent=2) + "\n"
-    write_atomically(json_path, lambda p: p.write_text(text))
+    with atomic_path(tensors_path) as partial:
+        save_file(tensors, str(partial))
+    write_text_atomic(json_path, json.dumps(record, indent=2) + "\n")
     return tensors_path
 
 
@@ -458,5 +470,133 @@ def fitted_sampler(
         "fit": stats,
     }
     path = save_sampler(sampler, ckpt, record)
-    log.info(f"Saved the {name} sampler to {path} (mean train log-likelihood {stats})")
+    log.info(f"Saved the {name} sampler to {path} (fit: {stats})")
     return sampler.to(module.device).eval()
+
+
+# -- what `vae_lit.sample` and `vae_lit.eval` call ----------------------------------------------
+def sampler_names(samplers_cfg: DictConfig | None) -> list[str]:
+    return ["prior", *((samplers_cfg or {}).keys())]
+
+
+def check_sampler_name(name: str, samplers_cfg: DictConfig | None) -> None:
+    names = sampler_names(samplers_cfg)
+    if name not in names:
+        raise UserError(f"sampler={name} is unknown; use one of: {', '.join(names)}")
+
+
+def data_factory(data_cfg: DictConfig):
+    """A function that builds and sets up the datamodule of `data_cfg` (only when called)."""
+
+    def build():
+        datamodule = instantiate(data_cfg)
+        datamodule.setup("fit")
+        return datamodule
+
+    return build
+
+
+def lerp_rows(ends: torch.Tensor, steps: int) -> torch.Tensor:
+    """2R points -> R straight paths of `steps` points each, flattened: (R * steps, D)."""
+    rows = len(ends) // 2
+    t = torch.linspace(0, 1, steps, device=ends.device).view(1, steps, 1)
+    path = ends[:rows].unsqueeze(1) * (1 - t) + ends[rows : 2 * rows].unsqueeze(1) * t
+    return path.flatten(0, 1)
+
+
+def sample_latents(cfg: DictConfig, module, run_cfg: DictConfig) -> torch.Tensor | None:
+    """The latents `vae_lit.sample` decodes when they are not the model prior's own: codes from a
+    VQ-VAE's learned prior (at `cfg.temperature`), or draws from a fitted sampler (`cfg.sampler`).
+    None: draw from the model's prior as usual."""
+    from vae_lit.code_prior import CodePriorLitModule  # imports this module
+    from vae_lit.vq_lit_module import VQVAELitModule
+
+    name, temperature = str(cfg.get("sampler", "prior")), float(cfg.get("temperature", 1.0))
+    if isinstance(module, VQVAELitModule):
+        raise UserError(
+            f"ckpt={cfg.ckpt} is a VQ-VAE, which samples through a prior over its codes; train "
+            f"one with python -m vae_lit.train_prior ckpt={cfg.ckpt}, then pass its checkpoint"
+        )
+    if isinstance(module, CodePriorLitModule):
+        if cfg.mode != "sample" or name != "prior":
+            raise UserError(
+                f"mode={cfg.mode} sampler={name}: a VQ-VAE prior checkpoint draws mode=sample "
+                "sampler=prior only (its codes are discrete)"
+            )
+        return module.sample_latents(int(cfg.n), int(cfg.seed), temperature)
+    if temperature != 1.0:
+        raise UserError(
+            f"temperature={temperature} applies to VQ-VAE prior checkpoints only; leave it at 1"
+        )
+    check_sampler_name(name, cfg.get("samplers"))
+    if name == "prior":
+        return None
+    sampler = fitted_sampler(
+        name, cfg.samplers[name], module, Path(cfg.ckpt), data_factory(run_cfg.data)
+    )
+    generator = torch.Generator().manual_seed(int(cfg.seed))
+    if cfg.mode == "sample":
+        return sampler.sample(int(cfg.n), generator, module.device)
+    ends = sampler.sample(2 * (int(cfg.n) // int(cfg.nrow)), generator, module.device)
+    return lerp_rows(ends, int(cfg.nrow))  # straight lines: slerp assumes N(0, I)
+
+
+def saved_sampler(name: str, sampler_cfg: DictConfig, module, ckpt: Path) -> LatentSampler | None:
+    """The sampler saved beside `ckpt` with these settings, or None when there is none."""
+    sampler: LatentSampler = instantiate(sampler_cfg)
+    expected = {
+        "sampler": name,
+        "settings": sampler.settings(),
+        "checkpoint_sha256": fingerprint(ckpt),
+        "latent_dim": int(module.latent_dim),
+    }
+    return sampler.to(module.device).eval() if load_saved(sampler, ckpt, expected) else None
+
+
+def latent_log_likelihoods(
+    module,
+    datamodule,
+    samplers_cfg: DictConfig | None,
+    ckpt: Path,
+    split: str = "test",
+    fit: list[str] | tuple[str, ...] = ("gmm",),
+) -> dict[str, Any]:
+    """Mean log-density (nats per image) of the split's posterior means under the model's prior
+    and under the samplers of `samplers_cfg`: how well each covers the aggregate posterior, higher
+    is better. Those named in `fit` are fitted on the training split when no saved fit matches;
+    the others are scored only when a fit is saved beside the checkpoint (`vae_lit.sample
+    sampler=<name>` saves one)."""
+    unknown = sorted(set(fit) - set(samplers_cfg or {}))
+    if unknown:
+        raise UserError(
+            f"eval.samplers names {', '.join(unknown)}, which is not among samplers: "
+            f"{', '.join(samplers_cfg or {}) or 'none'}"
+        )
+    means = posterior_means(module, datamodule, split).to(module.device)
+    with torch.no_grad():
+        values = {"prior": float(module.prior.log_prob(means).mean())}
+    for name, sampler_cfg in (samplers_cfg or {}).items():
+        if sampler_cfg is None:
+            continue
+        if name in fit:
+            sampler = fitted_sampler(name, sampler_cfg, module, ckpt, lambda: datamodule)
+        else:
+            sampler = saved_sampler(name, sampler_cfg, module, ckpt)
+        if sampler is not None:
+            values[name] = float(sampler.log_prob(means).mean())
+    return {"latent_log_likelihood": values}
+
+
+def latent_likelihood_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Rows of the eval table for `latent_log_likelihood`."""
+    values = metrics.get("latent_log_likelihood") or {}
+    return [
+        (
+            f"log p(means), {name}",
+            f"{value:.2f} nats",
+            "posterior means under the model's prior"
+            if name == "prior"
+            else f"under the fitted {name} sampler; higher: covers them better",
+        )
+        for name, value in values.items()
+    ]

@@ -56,7 +56,7 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
 def summary_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     """One row per job. Only overrides that differ between jobs are shown: they name the job."""
     dirs = job_dirs(sweep_dir)
-    overrides = [job_overrides(d) for d in dirs]
+    overrides = [read_overrides(d) for d in dirs]
     shared = set.intersection(*map(set, overrides)) if len(overrides) > 1 else set()
     rows = []
     for run_dir, job_overrides in zip(dirs, overrides, strict=True):
@@ -80,7 +80,7 @@ def summary_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def job_overrides(run_dir: Path) -> list[str]:
+def read_overrides(run_dir: Path) -> list[str]:
     """A job's command-line overrides; none, with a warning, when its file does not parse."""
     path = run_dir / ".hydra" / "overrides.yaml"
     try:

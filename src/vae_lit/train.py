@@ -20,13 +20,18 @@ from pytorch_lightning import Callback
 from pytorch_lightning.loggers import Logger
 from pytorch_lightning.utilities import rank_zero_only
 
+from vae_lit.atomic_write import use_atomic_checkpoints
 from vae_lit.callbacks.non_finite_loss import NonFiniteLossError
+from vae_lit.callbacks.resumed_optimizer import ConfiguredOptimizerSettings
 from vae_lit.callbacks.run_config import RunConfigInCheckpoint
 from vae_lit.callbacks.run_summary import RunSummary
+from vae_lit.config_checks import check_config, run_cli
 from vae_lit.errors import UserError, find_user_error
 from vae_lit.loggers import finish_wandb
 from vae_lit.resume import resume_path
+from vae_lit.run_dir import RunStarted, claim, is_main_process, refuse_overwrite, release
 from vae_lit.run_report import report_run
+from vae_lit.stops import stop_error
 from vae_lit.trainer import check_launcher, map_gpus
 
 log = logging.getLogger(__name__)
@@ -59,6 +64,20 @@ def instantiate_group(group: DictConfig | None) -> list[Any]:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (and test) a model as the config says; return the final metrics as floats."""
+    check_config(cfg)  # values no run can use: one line, before any data is read or file written
+    if not is_main_process():  # Lightning's DDP ranks 1..N work in rank 0's dir, under its lock
+        return fit_and_test(cfg)
+    claim(cfg.paths.output_dir)  # a second run into this dir stops here, with one line
+    failed = True
+    try:
+        metrics = fit_and_test(cfg)
+        failed = False
+    finally:
+        release(cfg.paths.output_dir, failed=failed)  # a failed start leaves the dir as it was
+    return metrics
+
+
+def fit_and_test(cfg: DictConfig) -> dict[str, float]:
     trainer_cfg = map_gpus(cfg.trainer)  # fails fast on a missing GPU, before any data is touched
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
@@ -71,13 +90,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks: list[Callback] = instantiate_group(cfg.get("callbacks"))
     callbacks.append(RunConfigInCheckpoint(resolved))
     callbacks.append(RunSummary(cfg.paths.output_dir))  # what a sweep's summary table reads
+    # the config to the loggers once training starts: a start that fails changes nothing on disk
+    callbacks.append(RunStarted(cfg.paths.output_dir, resolved))
+    callbacks.append(ConfiguredOptimizerSettings(resolved["model"].get("optimizer")))
     loggers: list[Logger] = instantiate_group(cfg.get("logger"))
     log.info(f"Instantiating trainer <{trainer_cfg._target_}>")
     trainer: pl.Trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False)
+    use_atomic_checkpoints(trainer)  # a full disk or a kill never leaves half a checkpoint
     check_launcher(trainer, in_multirun())
     ckpt_path = resume_path(cfg, trainer)  # resume=auto: this run dir's last checkpoint, if any
-    for logger in loggers:
-        logger.log_hyperparams(resolved)
+    if cfg.get("train"):
+        refuse_overwrite(cfg.paths.output_dir, resuming=ckpt_path is not None)
 
     try:
         if cfg.get("train"):
@@ -96,6 +119,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 weights_only=True,
             )
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+    except BaseException as exc:  # SIGTERM, a full disk: one line naming the last checkpoint
+        error = stop_error(exc, trainer)
+        if error is None:
+            raise
+        raise error from exc
     finally:
         finish_wandb(loggers)  # each job its own W&B run, also in a multirun and on failure
     report_run(trainer, model, metrics, cfg.paths.output_dir)  # pictures, test table, W&B
@@ -142,8 +170,8 @@ def main(cfg: DictConfig) -> float | None:
             print(f"vae-lit: error: {error}", file=sys.stderr)
         if isinstance(error, NonFiniteLossError) and in_multirun():
             return None  # a diverged job fails alone; the sweep goes on
-        sys.exit(2)
+        sys.exit(getattr(error, "exit_code", 2))  # 143 after a SIGTERM
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)  # a typo in a key or a config name is one line too

@@ -34,6 +34,11 @@ def map_gpus(trainer_cfg: DictConfig) -> DictConfig:
         else:
             cfg["accelerator"], cfg["devices"] = "gpu", gpus
     check_accelerator(cfg.get("accelerator"), cfg.get("devices"), gpus)
+    if "benchmark" in cfg and cfg["benchmark"] is None:
+        # cuDNN times its convolution algorithms once per shape and keeps the fastest; training
+        # shapes are fixed (the training loader drops a last partial batch). Not when asked for
+        # repeatable runs, whose algorithms must not depend on timings.
+        cfg["benchmark"] = not cfg.get("deterministic")
     precision = str(cfg.get("precision"))
     if precision == "auto":
         cfg["precision"], why = auto_precision(cfg.get("accelerator"), cfg.get("devices"))
@@ -70,7 +75,7 @@ def auto_precision(accelerator: Any, devices: Any) -> tuple[str, str]:
     isa = cpu_bf16_isa()
     if isa:
         return "bf16-mixed", f"the CPU computes bf16 natively ({isa})"
-    return "32-true", "the CPU has neither AVX512-BF16 nor AMX, so bf16 would be emulated and slower"
+    return "32-true", "the CPU has neither AVX512-BF16 nor AMX: bf16 would be emulated, slower"
 
 
 def uses_cuda(accelerator: Any) -> bool:

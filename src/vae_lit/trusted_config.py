@@ -70,11 +70,17 @@ def is_model_target(target: str) -> bool:
 
 
 def check_config(config: Any, source: str, key: str, allowed: str = "model") -> None:
-    """Refuse, in one line, a config from a file that would build anything but what `allowed`
-    names: "model" (MODEL_RULE) or "logger" (exactly LOGGER_TARGETS). `source` names the file and
-    `key` the config's place in it, for the message."""
-    rule = MODEL_RULE if allowed == "model" else LOGGER_RULE
+    """Refuse, in one line, a config from a file that holds an interpolation or would build
+    anything but what `allowed` names: "model" (MODEL_RULE) or "logger" (exactly LOGGER_TARGETS).
+    `source` names the file and `key` the config's place in it, for the message."""
     check_resolved(config, source, key)
+    check_targets(config, source, key, allowed)
+
+
+def check_targets(config: Any, source: str, key: str, allowed: str = "model") -> None:
+    """check_config without the interpolation check, for a config whose interpolations were
+    refused when it was read (the whole config `load_checkpoint` returns) or that is our own."""
+    rule = MODEL_RULE if allowed == "model" else LOGGER_RULE
     for path, name, value in walk(config, key):
         if name != "_target_":
             continue

@@ -8,12 +8,13 @@ walk through code space. A VQ-VAE has no prior to sample until `vae_lit.train_pr
 during training the sample grid and GIF decode uniformly random codes, and say so.
 """
 
+import logging
 import math
 from collections.abc import Callable
 
 import torch
 from pytorch_lightning import LightningModule
-from pytorch_lightning.utilities import rank_zero_info
+from pytorch_lightning.utilities import rank_zero_only
 
 from vae_lit.errors import UserError
 from vae_lit.likelihoods import Likelihood
@@ -21,7 +22,7 @@ from vae_lit.lit_module import to_float_images
 from vae_lit.metrics.image_quality import mse_per_image, psnr_per_image
 from vae_lit.models.vqvae import VQVAE
 
-STAGES = ("train", "val", "test")
+log = logging.getLogger(__name__)
 
 
 def perplexity(counts: torch.Tensor) -> torch.Tensor:
@@ -231,11 +232,12 @@ class VQVAELitModule(LightningModule):
         self.log_code_use("test")
 
     def on_fit_start(self) -> None:
-        rank_zero_info(
-            "VQ-VAE: the sample grids decode uniformly random codes, not samples; to sample, "
-            "train a prior over the codes: python -m vae_lit.train_prior ckpt=<this run>/"
-            "checkpoints/last.ckpt"
-        )
+        if rank_zero_only.rank == 0:
+            log.info(
+                "VQ-VAE: the sample grids decode uniformly random codes, not samples; to sample, "
+                "train a prior over the codes: python -m vae_lit.train_prior ckpt=<this run>/"
+                "checkpoints/last.ckpt"
+            )
 
     def setup(self, stage: str) -> None:
         if self.compile_net and stage == "fit":

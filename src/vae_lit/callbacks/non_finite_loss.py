@@ -1,10 +1,16 @@
 """Stop a run whose training loss went NaN or infinite, or skip such batches a few times.
 
 Once a loss is not finite, the optimizer step makes every weight NaN, and the next checkpoint
-would be worthless. Raising before any checkpoint callback runs keeps the last checkpoint good, and
+would be worthless. Raising before any checkpoint is written keeps the last checkpoint good, and
 the message says which step failed and where that checkpoint is. `action=skip` drops the batch's
 update instead (all gradients set to None, so the optimizer leaves weights and moments alone), up
 to `max_skips` times, then stops.
+
+`stop` never reads a loss back per step (a host sync that stalls an accelerator): each step's loss
+is copied into a small buffer on the device, and the buffer is read in one go every
+`trainer.log_every_n_steps` steps (when Lightning reads the logged metrics anyway), before
+validation, at the end of an epoch or of training, and before any checkpoint is saved. `skip` must
+decide before each update, so it reads every loss: one host sync per step.
 """
 
 import logging
@@ -38,6 +44,8 @@ class NonFiniteLoss(Callback):
         self.skipped = 0
         self._skip_this_step = False
         self._where = ""
+        self._losses: torch.Tensor | None = None  # `stop`: the losses not looked at yet ...
+        self._steps: list[str] = []  # ... and where each came from
 
     def on_train_batch_start(
         self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
@@ -76,11 +84,54 @@ class NonFiniteLoss(Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        """`stop` looks after the step, where the progress bar syncs anyway. The spoiled weights
-        are never saved: Lightning runs checkpoint callbacks after all others."""
+        """`stop` keeps the loss on the device and looks every `log_every_n_steps` steps."""
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if self.action == "stop" and loss is not None and self._is_bad(trainer, loss):
-            self._stop(trainer, loss)
+        if self.action != "stop" or loss is None:
+            return
+        every = max(1, int(trainer.log_every_n_steps))
+        if (
+            self._losses is None
+            or len(self._losses) != every
+            or self._losses.device != loss.device
+        ):
+            self.look(trainer)
+            self._losses = torch.empty(every, dtype=torch.float32, device=loss.device)
+        self._losses[len(self._steps)].copy_(loss.detach())  # device to device, no sync
+        self._steps.append(self._where)
+        if len(self._steps) == every:
+            self.look(trainer)
+
+    def look(self, trainer: Trainer) -> None:
+        """Read the losses not looked at yet (one host sync) and stop at the first bad one."""
+        if not self._steps:
+            return
+        losses, steps = self._losses[: len(self._steps)], self._steps
+        self._steps = []
+        bad = (~torch.isfinite(losses)).tolist()
+        any_bad = any(bad)
+        if trainer.world_size > 1:  # every rank must take the same branch, or DDP hangs
+            any_bad = trainer.strategy.reduce_boolean_decision(any_bad, all=False)
+        if any_bad:
+            first = bad.index(True) if True in bad else 0  # bad on another rank: say the window
+            self._where = steps[first]
+            self._stop(trainer, losses[first])
+
+    # Every place where the spoiled weights could be used or saved looks first. Lightning runs
+    # checkpoint callbacks after all others, and `on_save_checkpoint` comes before the file is
+    # written, so no checkpoint after a non-finite loss reaches the disk.
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.look(trainer)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.look(trainer)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.look(trainer)
+
+    def on_save_checkpoint(
+        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        self.look(trainer)
 
     @staticmethod
     def _is_bad(trainer: Trainer, loss: torch.Tensor) -> bool:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from vae_lit.errors import UserError
+from vae_lit.models.upsample_conv import fuses, upsample_conv
 
 MIN_IMAGE_SIZE = 16
 
@@ -75,7 +76,12 @@ class ConvDecoder(nn.Module):
         if self.blocks[1].weight.is_contiguous(memory_format=torch.channels_last):
             # a channels_last network: convert this small map once, not every upsampled one
             h = h.contiguous(memory_format=torch.channels_last)
-        return self.blocks(h)
+        *body, upsample, conv = self.blocks
+        for block in body:
+            h = block(h)
+        if fuses(h, upsample.size, conv.weight):  # the same layer, faster (models/upsample_conv)
+            return upsample_conv(h, conv.weight, conv.bias)
+        return conv(upsample(h))
 
 
 class ConvVAE(nn.Module):

@@ -1,0 +1,527 @@
+"""Issue 12, sections 3-5: nothing a user ran is lost, signals and advice that work, bad input is
+one line. Each test reproduces a fault found by a hostile run, with real runs and real files."""
+
+import csv
+import errno
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra.core.global_hydra import GlobalHydra
+from PIL import Image
+
+from tests.conftest import CONFIG_DIR, ROOT, TINY, compose_config
+from vae_lit.callbacks.non_finite_loss import NonFiniteLossError
+from vae_lit.callbacks.run_summary import RUN_SUMMARY_FILE
+from vae_lit.config_checks import run_cli
+from vae_lit.data.cache import load_or_build
+from vae_lit.data.folder import ImageFolderDataModule
+from vae_lit.errors import UserError
+from vae_lit.loggers import why_not_online
+from vae_lit.run_dir import LOCK_FILE
+from vae_lit.sweep_summary import write_summary
+from vae_lit.train import train
+
+ERROR = "vae-lit: error: "
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith(ERROR)]
+
+
+def one_error_line(stderr: str) -> str:
+    """The single `vae-lit: error:` line of a failed command, which printed no traceback."""
+    assert "Traceback" not in stderr, stderr[-3000:]
+    lines = error_lines(stderr)
+    assert len(lines) == 1, stderr[-3000:]
+    return lines[0].removeprefix(ERROR)
+
+
+def cli(module: str, args: list[str]) -> int:
+    """`python -m vae_lit.<module> args` in this process (Hydra, its callbacks and the one-line
+    error handling included): the exit code."""
+    import importlib
+
+    main = importlib.import_module(f"vae_lit.{module}").main
+    GlobalHydra.instance().clear()
+    argv = sys.argv
+    sys.argv = [f"vae_lit.{module}", f"--config-path={CONFIG_DIR}", *args]
+    try:
+        run_cli(main)
+    except SystemExit as exit:
+        return exit.code
+    finally:
+        sys.argv = argv
+        GlobalHydra.instance().clear()
+    return 0
+
+
+def snapshot(folder: Path, skip: tuple[str, ...] = ("train.log", LOCK_FILE)) -> dict[str, bytes]:
+    """Every file under `folder` with its bytes (the log, which runs only append to, left out)."""
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name not in skip
+    }
+
+
+def metrics_rows(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "csv" / "metrics.csv", newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def save_images(folder: Path, count: int, size: int = 24, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"img_{i:04d}.png")
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 3 MB file system (tmpfs): fills up like a full disk, ENOSPC and all."""
+    mount_point = tmp_path / "small_disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount_point)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def remount_read_only(mount_point: Path) -> None:
+    subprocess.run(["mount", "-o", "remount,ro", str(mount_point)], check=True)
+
+
+# -- 3. Nothing a user ran is lost ----------------------------------------------------------------
+
+
+def test_a_resumed_run_appends_to_metrics_csv(tmp_path: Path):
+    train(compose_config(tmp_path, [*TINY, "test=false"]))
+    before = metrics_rows(tmp_path)
+    assert {row["epoch"] for row in before} == {"0"}
+
+    train(compose_config(tmp_path, [*TINY, "test=false", "resume=auto", "trainer.max_epochs=2"]))
+    after = metrics_rows(tmp_path)
+    assert after[: len(before)] == before  # the first run's rows are all still there...
+    assert {row["epoch"] for row in after[len(before) :]} == {"1"}  # ...followed by the new ones
+
+
+@pytest.mark.slow
+def test_a_failed_start_on_a_finished_run_changes_nothing_on_disk(tmp_path: Path, capsys):
+    run_dir = tmp_path / "run"
+    model = ["data.image_size=16", "model.net.latent_dim=4", "model.net.hidden_channels=[8,16]"]
+    common = [*model, "data.batch_size=16", "trainer=cpu", "trainer.precision=32-true"]
+    common += ["logger=csv", "test=false", f"hydra.run.dir={run_dir}"]
+    assert cli("train", [*common, "data.num_images=96"]) == 0
+    before = snapshot(run_dir)
+    assert {"run_summary.json", "csv/metrics.csv", ".hydra/overrides.yaml"} <= set(before)
+    capsys.readouterr()
+
+    # The README's resume=auto flow with a mistyped data root: fails inside trainer.fit.
+    typo = ["data=folder", f"data.root={tmp_path / 'nonexistent'}", f"data.cache_dir={tmp_path}"]
+    assert cli("train", [*common, *typo, "resume=auto"]) == 2
+    assert "data.root=" in one_error_line(capsys.readouterr().err)
+    assert snapshot(run_dir) == before  # metrics, summary, hparams and .hydra/ as they were
+
+
+def test_a_plain_rerun_into_a_finished_run_dir_is_refused(tmp_path: Path):
+    train(compose_config(tmp_path, [*TINY, "test=false"]))
+    before = snapshot(tmp_path)
+    assert "results/generation.gif" in before
+
+    with pytest.raises(UserError, match=r"already holds a run \(.*\); add resume=auto"):
+        train(compose_config(tmp_path, [*TINY, "test=false"]))
+    assert snapshot(tmp_path) == before  # pictures, GIF, metrics and checkpoints untouched
+
+
+def start_training(args: list[str], log: Path) -> subprocess.Popen:
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+    with open(log, "w") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "vae_lit.train", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.is_file() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert path.is_file() and process.poll() is None, "training ended before the test could act"
+
+
+@pytest.mark.slow
+def test_a_second_run_into_a_busy_run_dir_stops_with_one_line(tmp_path: Path, capsys):
+    run_dir = tmp_path / "run"
+    args = [*TINY, "trainer.max_epochs=1000", "test=false", f"hydra.run.dir={run_dir}"]
+    first = start_training(args, tmp_path / "first.log")
+    try:
+        wait_for(run_dir / "checkpoints" / "last.ckpt", first)
+        overrides = (run_dir / ".hydra" / "overrides.yaml").read_bytes()
+        metrics = (run_dir / "csv" / "metrics.csv").stat().st_size
+
+        assert cli("train", [*args, "resume=auto", "trainer.max_epochs=2000"]) == 2
+        line = one_error_line(capsys.readouterr().err)
+        assert line.startswith(f"{run_dir} is in use by another vae-lit run"), line
+        assert (run_dir / ".hydra" / "overrides.yaml").read_bytes() == overrides
+        assert (run_dir / "csv" / "metrics.csv").stat().st_size >= metrics
+        assert first.poll() is None  # the first run goes on
+    finally:
+        first.kill()
+        first.wait(timeout=30)
+
+
+BUILDER = """
+import sys
+from vae_lit.data.cache import load_or_build
+from vae_lit.data.image_files import find_images
+root, cache_dir = sys.argv[1], sys.argv[2]
+load_or_build(root, find_images(root), 64, 3, "squash", cache_dir=cache_dir, threads=1)
+"""
+
+
+def test_a_cache_build_killed_with_sigkill_leaves_no_temp_file_after_the_next_build(
+    tmp_path: Path, caplog
+):
+    images, cache_dir = tmp_path / "images", tmp_path / "cache"
+    save_images(images, 400, size=96)
+    builder = subprocess.Popen(
+        [sys.executable, "-c", BUILDER, str(images), str(cache_dir)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not list(cache_dir.glob("*.tmp")) and time.monotonic() < deadline:
+            assert builder.poll() is None, "the build ended before it could be killed"
+            time.sleep(0.01)
+        builder.send_signal(signal.SIGKILL)
+        builder.wait(timeout=30)
+    finally:
+        if builder.poll() is None:
+            builder.kill()
+    [stale] = cache_dir.glob("*.tmp")
+    assert stale.stat().st_size == 400 * 3 * 64 * 64  # a full-size file, left forever before
+
+    from vae_lit.data.image_files import find_images
+
+    caplog.set_level(logging.INFO)
+    cache = load_or_build(images, find_images(images), 64, 3, "squash", cache_dir=cache_dir)
+    assert cache.built and len(cache.files) == 400
+    assert list(cache_dir.glob("*.tmp")) == []
+    assert f"Removed {stale}" in caplog.text
+
+
+FILL_UP = """
+import resource, signal, sys
+import numpy as np, torch
+from pathlib import Path
+from vae_lit.atomic_write import AtomicCheckpointIO, write_text_atomic
+from vae_lit.callbacks.image_grids import save_png
+from vae_lit.callbacks.generation_gif import write_gif
+folder = Path(sys.argv[1])
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+picture = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+writes = {
+    "last.ckpt": lambda p: AtomicCheckpointIO().save_checkpoint({"w": torch.ones(10_000)}, p),
+    "sample_1.png": lambda p: save_png(picture, p),
+    "generation.gif": lambda p: write_gif([picture, picture], p, 500),
+    "run_summary.json": lambda p: write_text_atomic(p, "x" * 10_000),
+}
+for name, write in writes.items():
+    try:
+        write(folder / name)
+        print(name, "written")
+    except Exception as exc:
+        print(name, "failed")
+"""
+
+
+def test_a_write_that_hits_the_file_size_limit_keeps_the_previous_file(tmp_path: Path):
+    """The write path of every file a run rewrites (checkpoint, picture, GIF, summary) under a
+    real EFBIG (RLIMIT_FSIZE, no root needed): the old file stays whole, no temp file stays."""
+    old = {"last.ckpt": b"old ckpt", "sample_1.png": b"old png", "generation.gif": b"old gif"}
+    old[RUN_SUMMARY_FILE] = b'{"status": "finished"}\n'
+    for name, content in old.items():
+        (tmp_path / name).write_bytes(content)
+    result = subprocess.run(
+        [sys.executable, "-c", FILL_UP, str(tmp_path)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == [w for name in old for w in (name, "failed")]
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == old
+
+
+@pytest.mark.slow
+def test_a_run_that_fills_its_disk_stops_with_one_line_and_keeps_its_checkpoint(
+    small_disk: Path, capsys
+):
+    run_dir = small_disk / "run"
+    args = [*TINY, "test=false", f"hydra.run.dir={run_dir}"]
+    assert cli("train", args) == 0
+    filler = small_disk / "filler"
+    with open(filler, "wb", buffering=0) as file:  # fill the disk, then free less than a
+        try:  # checkpoint's size
+            while True:
+                file.write(b"\0" * 4096)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+    os.truncate(filler, filler.stat().st_size - 40_000)
+    capsys.readouterr()
+
+    assert cli("train", [*args, "resume=auto", "trainer.max_epochs=3"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert line.startswith(f"no space left on {run_dir}"), line
+    assert f"; last good checkpoint: {last}" in line, line
+    files = [p for p in run_dir.rglob("*") if p.is_file() and p.name != LOCK_FILE]
+    assert [p for p in files if p.stat().st_size == 0] == []
+    assert [p for p in files if p.name.endswith(".partial")] == []
+    assert torch.load(last, weights_only=True)["epoch"] == 0  # the checkpoint named is whole
+    json.loads((run_dir / RUN_SUMMARY_FILE).read_text())
+
+
+def test_the_sweep_summary_skips_an_unreadable_job_file_and_says_so(tmp_path: Path, caplog):
+    for job, summary in (("0", '{"best_val/loss": 1.5, "status": "finished"}'), ("1", "")):
+        (tmp_path / job / ".hydra").mkdir(parents=True)
+        (tmp_path / job / ".hydra" / "overrides.yaml").write_text(f"- seed={job}\n")
+        (tmp_path / job / RUN_SUMMARY_FILE).write_text(summary)  # job 1: a disk that filled up
+    rows = write_summary(tmp_path)
+    assert [row["best val/loss"] for row in rows] == [1.5, None]
+    assert rows[1]["status"].startswith(f"skipped: {tmp_path / '1' / RUN_SUMMARY_FILE}")
+    assert "empty file" in rows[1]["status"]
+    assert f"skipping {tmp_path / '1' / RUN_SUMMARY_FILE} is unreadable" in caplog.text
+    assert "skipped" in (tmp_path / "summary.md").read_text()
+
+
+# -- 4. Signals and advice that work -------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_sigterm_exits_143_with_one_line_and_a_terminated_summary(tmp_path: Path):
+    run_dir = tmp_path / "run"
+    log = tmp_path / "run.log"
+    process = start_training(
+        [*TINY, "trainer.max_epochs=1000", "test=false", f"hydra.run.dir={run_dir}"], log
+    )
+    try:
+        wait_for(run_dir / "checkpoints" / "last.ckpt", process)
+        process.send_signal(signal.SIGTERM)  # what SLURM, Kubernetes and `timeout` send
+        assert process.wait(timeout=120) == 143
+    finally:
+        if process.poll() is None:
+            process.kill()
+    line = one_error_line(log.read_text())
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert line.startswith("terminated by SIGTERM at step "), line
+    assert f"last checkpoint: {last}; run the same command with resume=auto" in line, line
+    summary = json.loads((run_dir / RUN_SUMMARY_FILE).read_text())
+    assert summary["status"] == "terminated (SIGTERM)"
+    torch.load(last, weights_only=True)  # whole: the run resumes from it
+
+
+@pytest.mark.slow
+def test_after_a_nan_stop_a_lower_lr_on_the_command_line_is_the_lr_resumed_with(
+    tmp_path: Path, caplog
+):
+    blow_up = (  # the learning rate jumps 1e9-fold after the first epoch
+        "model.scheduler={_target_:torch.optim.lr_scheduler.ExponentialLR,_partial_:true,"
+        "gamma:1e9}"
+    )
+    overrides = [*TINY, "trainer.max_epochs=3", "test=false"]
+    with pytest.raises(NonFiniteLossError, match="Lower model.optimizer.lr"):
+        train(compose_config(tmp_path, [*overrides, blow_up]))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["optimizer_states"][0]["param_groups"][0][
+        "lr"
+    ] == pytest.approx(1e6)  # what Lightning would restore
+
+    caplog.set_level(logging.INFO)
+    advice = ["model.optimizer.lr=1e-4", "model.scheduler=null", "resume=auto"]
+    train(compose_config(tmp_path, [*overrides, *advice]))  # the advice, followed: it trains
+    assert "model.optimizer.lr=0.0001 from the command line replaces" in caplog.text
+    final = torch.load(last, weights_only=True)
+    assert final["epoch"] == 2
+    assert final["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(1e-4)
+    assert all(torch.isfinite(w).all() for w in final["state_dict"].values())
+
+
+@pytest.fixture
+def unreachable_wandb(monkeypatch, tmp_path: Path) -> str:
+    """A W&B API key but no W&B server: WANDB_BASE_URL is a closed local port, no proxy."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}"  # closed once the block ends
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "WANDB_MODE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", "0123456789abcdef0123456789abcdef01234567")
+    monkeypatch.setenv("WANDB_BASE_URL", url)
+    for name in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(name, str(tmp_path / name.lower()))
+    return url
+
+
+def test_wandb_that_cannot_go_online_says_why_in_one_line(unreachable_wandb: str, monkeypatch):
+    start = time.monotonic()
+    assert why_not_online().startswith(f"the W&B server {unreachable_wandb} cannot be reached")
+    assert time.monotonic() - start < 10
+    monkeypatch.delenv("WANDB_API_KEY")
+    monkeypatch.setenv("NETRC", "/nonexistent")
+    assert why_not_online().startswith("no W&B API key was found")
+
+
+@pytest.mark.slow
+def test_a_run_with_a_wandb_key_but_no_network_logs_offline_at_once(
+    unreachable_wandb: str, tmp_path: Path, caplog
+):
+    caplog.set_level(logging.WARNING)
+    start = time.monotonic()
+    overrides = [o for o in TINY if not o.startswith("logger=")] + ["logger=wandb", "test=false"]
+    train(compose_config(tmp_path, overrides))
+    assert time.monotonic() - start < 90  # not W&B's two-minute wait, then a CommError
+    [warning] = [r.getMessage() for r in caplog.records if "W&B logs this run offline" in r.msg]
+    assert f"the W&B server {unreachable_wandb} cannot be reached" in warning
+    assert list((tmp_path / "wandb").glob("offline-run-*"))
+
+
+# -- 5. Bad input: one line, always -------------------------------------------------------------
+
+
+def test_bad_directory_entries_are_skipped_and_counted_like_corrupt_images(tmp_path: Path, caplog):
+    images = tmp_path / "images"
+    save_images(images, 20)
+    (images / "loop.png").symlink_to("loop.png")  # ELOOP
+    (images / "gone.png").symlink_to("missing.png")  # a dangling symlink
+    latin1 = os.fsdecode(b"caf\xe9.png")  # `cafe.png` with an accent, in Latin-1: not UTF-8
+    shutil.copy(images / "img_0000.png", images / latin1)
+    caplog.set_level(logging.WARNING)
+    data = ImageFolderDataModule(
+        str(images), image_size=16, batch_size=4, cache_dir=str(tmp_path / "cache")
+    )
+    data.setup("fit")
+    assert sum(len(files) for files in data.files.values()) == 21  # the Latin-1 name is read
+    [warning] = [r.getMessage() for r in caplog.records if "Skipped" in r.getMessage()]
+    assert "Skipped 2 of 23 image files" in warning
+    assert "gone.png (a symlink to a missing file (missing.png))" in warning
+    assert "loop.png (a symlink loop)" in warning
+
+
+def test_a_read_only_cache_dir_is_read_and_refused_only_when_it_needs_a_build(
+    tmp_path: Path, small_disk: Path
+):
+    from vae_lit.data.image_files import find_images
+
+    images = tmp_path / "images"
+    save_images(images, 12)
+    built = load_or_build(images, find_images(images), 16, 3, "squash", cache_dir=small_disk)
+    remount_read_only(small_disk)  # a shared, prebuilt cache (root ignores chmod, not this)
+
+    cache = load_or_build(images, find_images(images), 16, 3, "squash", cache_dir=small_disk)
+    assert not cache.built and np.array_equal(np.asarray(cache.images), built.images)
+
+    save_images(images / "more", 1, seed=1)  # the folder changed: the cache needs a build
+    with pytest.raises(UserError) as refused:
+        load_or_build(images, find_images(images), 16, 3, "squash", cache_dir=small_disk)
+    message = str(refused.value)
+    assert message.startswith(f"data.cache_dir={small_disk} cannot be written (Read-only file")
+    assert "set data.cache_dir to a writable folder" in message
+    assert "\n" not in message
+
+
+CONFIG_MISTAKES = [
+    ("model.optimizer.lr=-1", "model.optimizer.lr=-1 must be a positive number"),
+    ("model.optimizer.lr=nan", "model.optimizer.lr=nan must be a positive number"),
+    ("model.optimizer.lr=abc", "model.optimizer.lr=abc must be a positive number"),
+    ("model.optimizer.weight_decay=-1", "model.optimizer.weight_decay=-1 must be a number >= 0"),
+    ("seed=abc", "seed=abc must be an integer, or null for a random run"),
+    ("trainer.max_epochs=abc", "trainer.max_epochs=abc must be a positive integer"),
+    ("trainer.max_epochs=0", "trainer.max_epochs=0 trains nothing"),
+    ("model.net.latent_dim=1.5", "model.net.latent_dim=1.5 must be a positive integer"),
+    ("model.objective.free_bits=nan", "model.objective.free_bits=nan must be a number >= 0"),
+    ("data.image_size=100000", "data.image_size=100000 is too large"),
+    ("trainer.precision=banana", "trainer.precision=banana is unknown; use one of: auto,"),
+    ("data=nonexistent", "data=nonexistent is not a config; use one of: celeba, folder, sprites"),
+    ("model.net.latent_dims=8", "model.net.latent_dims is not a config key; did you mean "),
+]
+
+
+@pytest.mark.parametrize(("override", "message"), CONFIG_MISTAKES)
+def test_a_config_mistake_is_one_line_naming_the_key_before_any_data_is_read(
+    tmp_path: Path, capsys, override, message
+):
+    images, cache_dir, run_dir = tmp_path / "images", tmp_path / "cache", tmp_path / "run"
+    save_images(images, 8)
+    data = ["data=folder", f"data.root={images}", f"data.cache_dir={cache_dir}"]
+    if override.startswith("data="):
+        data = []
+    key = override.partition("=")[0]
+    tiny = [o for o in TINY if not o.startswith(("data.num_images", f"{key}="))]
+    args = [*tiny, *data, override, f"hydra.run.dir={run_dir}"]
+    assert cli("train", args) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith(message), line
+    assert not cache_dir.exists()  # no image was read, no cache built
+    written = {p.name for p in run_dir.iterdir()} if run_dir.exists() else set()
+    assert written <= {".hydra", "train.log", LOCK_FILE}
+
+
+def test_a_typo_in_a_key_names_the_closest_valid_key(tmp_path: Path, capsys):
+    assert cli("train", ["trainer.max_epoch=3", f"hydra.run.dir={tmp_path}"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line == "trainer.max_epoch is not a config key; did you mean trainer.max_epochs?"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("n=abc", "n=abc must be a positive integer"),
+        ("out={tmp}", "out={tmp} is a folder; pass a file name"),
+        ("out=/nonexistent_dir/x.png", "out=/nonexistent_dir/x.png: its folder /nonexistent_dir"),
+        ("out={tmp}/x.unknown", "out={tmp}/x.unknown names no image format"),
+    ],
+)
+def test_a_bad_sample_argument_is_one_line_before_the_checkpoint_is_read(
+    tmp_path: Path, capsys, override, message
+):
+    override, message = override.format(tmp=tmp_path), message.format(tmp=tmp_path)
+    args = ["ckpt=/nonexistent/last.ckpt", override, f"hydra.run.dir={tmp_path / 'run'}"]
+    assert cli("sample", args) == 2
+    assert one_error_line(capsys.readouterr().err).startswith(message)
+    assert not Path("/nonexistent_dir").exists()
+
+
+def test_eval_next_to_a_read_only_checkpoint_stops_before_evaluating(
+    tiny_run, small_disk: Path, capsys
+):
+    ckpt_path, _ = tiny_run
+    shutil.copy(ckpt_path, small_disk / "last.ckpt")
+    remount_read_only(small_disk)
+    args = [f"ckpt={small_disk / 'last.ckpt'}", "device=cpu", "eval.k=2"]
+    assert cli("eval", [*args, f"hydra.run.dir={small_disk.parent / 'eval'}"]) == 2
+    captured = capsys.readouterr()
+    line = one_error_line(captured.err)
+    assert line.startswith(f"eval.json={small_disk / 'eval.json'} cannot be written (Read-only")
+    assert "pass eval.json=<a writable path>" in line
+    assert "Evaluating" not in captured.out  # refused before the evaluation, not after it

@@ -112,12 +112,17 @@ def remount_read_only(mount_point: Path) -> None:
 # -- 3. Nothing a user ran is lost ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_resumed_run_appends_to_metrics_csv(tmp_path: Path):
     train(compose_config(tmp_path, [*TINY, "test=false"]))
     before = metrics_rows(tmp_path)
     assert {row["epoch"] for row in before} == {"0"}
 
+    # what a kill -9 while writing a checkpoint leaves: the next run in the dir removes it
+    killed = tmp_path / "checkpoints" / ".last.ckpt.4242.0badf00d.partial"
+    killed.write_bytes(b"half a checkpoint")
     train(compose_config(tmp_path, [*TINY, "test=false", "resume=auto", "trainer.max_epochs=2"]))
+    assert not killed.exists()
     after = metrics_rows(tmp_path)
     assert after[: len(before)] == before  # the first run's rows are all still there...
     assert {row["epoch"] for row in after[len(before) :]} == {"1"}  # ...followed by the new ones
@@ -259,6 +264,7 @@ for name, write in writes.items():
 """
 
 
+@pytest.mark.slow
 def test_a_write_that_hits_the_file_size_limit_keeps_the_previous_file(tmp_path: Path):
     """The write path of every file a run rewrites (checkpoint, picture, GIF, summary) under a
     real EFBIG (RLIMIT_FSIZE, no root needed): the old file stays whole, no temp file stays."""
@@ -464,6 +470,11 @@ CONFIG_MISTAKES = [
     ("trainer.precision=banana", "trainer.precision=banana is unknown; use one of: auto,"),
     ("data=nonexistent", "data=nonexistent is not a config; use one of: celeba, folder, sprites"),
     ("model.net.latent_dims=8", "model.net.latent_dims is not a config key; did you mean "),
+    ("data.val_fraction=abc", "data.val_fraction=abc must be a number in [0, 1)"),
+    # a value the built class refuses: Hydra's "Error in call to target", as one line
+    ("trainer.accelerator=banana", "trainer: You selected an invalid accelerator name"),
+    ("model.optimizer._target_=torch.optim.Nope", "model.optimizer._target_=torch.optim.Nope can"),
+    ("model.optimizer.lr=[1", "cannot read the override 'model.optimizer.lr=[1'"),
 ]
 
 

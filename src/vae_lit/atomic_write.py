@@ -96,10 +96,11 @@ def check_output_file(path: str | Path, key: str) -> Path:
     return path
 
 
-def remove_stale_partials(folder: Path) -> list[Path]:
-    """Remove the temporary files that killed writers left under `folder`. Only safe while no
-    other process writes there: the caller holds the folder's lock."""
-    stale = [p for p in Path(folder).rglob(f".*{PARTIAL_SUFFIX}") if p.is_file()]
+def remove_stale_partials(folder: Path, pattern: str = "*") -> list[Path]:
+    """Remove the temporary files that killed writers of files named `pattern` left under
+    `folder`. Only safe while no other process writes such files there: the caller holds the
+    folder's lock."""
+    stale = [p for p in Path(folder).rglob(f".{pattern}.*{PARTIAL_SUFFIX}") if p.is_file()]
     for path in stale:
         path.unlink(missing_ok=True)
     return stale

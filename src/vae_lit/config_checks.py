@@ -106,6 +106,16 @@ def max_steps(value: Any) -> str | None:
     return "must be a positive integer, or -1 for no limit"
 
 
+def fraction(value: Any) -> str | None:
+    return None if is_number(value) and 0 <= value < 1 else "must be a number in [0, 1)"
+
+
+def sanity_steps(value: Any) -> str | None:
+    if is_int(value) and value >= -1:
+        return None
+    return "must be an integer >= 0 (-1: the whole validation split)"
+
+
 PRECISIONS = (
     "auto",  # resolved for the hardware by vae_lit.trainer
     *get_args(_PRECISION_INPUT_STR),
@@ -138,11 +148,14 @@ RULES: dict[str, Rule] = {
     "data.image_size": image_size,
     "data.batch_size": positive_int,
     "data.num_images": optional(positive_int),
+    "data.val_fraction": fraction,
+    "data.test_fraction": fraction,
     "trainer.max_epochs": max_epochs,
     "trainer.max_steps": max_steps,
     "trainer.min_epochs": optional(non_negative_int),
     "trainer.precision": precision,
     "trainer.log_every_n_steps": positive_int,
+    "trainer.num_sanity_val_steps": optional(sanity_steps),
     "trainer.check_val_every_n_epoch": optional(positive_int),
     "trainer.gradient_clip_val": optional(non_negative_number),
 }
@@ -212,8 +225,28 @@ def config_error(exc: BaseException) -> UserError | None:
         found = closest_key(exc)
         if found:
             return UserError(found)
-    if isinstance(exc, ConfigCompositionException | OverrideParseException):
+    if isinstance(exc, OverrideParseException):
+        reason = str(exc).split("\n")[0]
+        bad = unparsable_override(sys.argv[1:])
+        where = f"cannot read the override {bad!r}" if bad else "cannot read an override"
+        return UserError(f"{where} ({reason}); see `--help` for the syntax of key=value")
+    if isinstance(exc, ConfigCompositionException):
         return UserError(" ".join(str(exc).split("\n")[:2]).strip())
+    return None
+
+
+def unparsable_override(args: list[str]) -> str | None:
+    """The first command-line override Hydra's grammar rejects."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for arg in args:
+        if arg.startswith("-"):
+            continue
+        try:
+            parser.parse_override(arg)
+        except Exception:
+            return arg
     return None
 
 

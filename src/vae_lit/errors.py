@@ -30,20 +30,25 @@ def find_user_error(exc: BaseException | None) -> UserError | None:
 
 
 def refused_value(exc: BaseException | None) -> UserError | None:
-    """Hydra's multi-line "Error in call to target" for a value the target refused (a ValueError,
-    Lightning's MisconfigurationException, a wrong argument name) as one line naming the key."""
+    """Hydra's multi-line "Error in call to target" for a value the target refused (a ValueError or
+    TypeError, Lightning's MisconfigurationException, a wrong argument name, a `_target_` that does
+    not import) as one line naming the config key."""
     if not isinstance(exc, InstantiationException):
         return None
-    cause = exc.__cause__
-    found = re.search(r"full_key: (\S+)", str(exc))
-    key = found[1] if found else "the config"
+    cause, message = exc.__cause__, str(exc)
+    found = re.search(r"full_key: (\S+)", message)
+    target = re.search(r"target '([^']+)'", message)
+    # No full_key: an object built from its own group, as train builds the Trainer from `trainer`
+    key = found[1] if found else target[1].rpartition(".")[2].lower() if target else "the config"
+    if message.startswith("Error locating target") and target:
+        return UserError(f"{key}._target_={target[1]} cannot be imported; check its spelling")
     text = " ".join(str(cause).split())
-    if isinstance(cause, MemoryError) or "can't allocate memory" in text:  # image_size=100000
+    if isinstance(cause, MemoryError) or "can't allocate memory" in text:
         return UserError(
             f"{key} does not fit in memory ({text}); lower data.image_size or the network's size"
         )
-    refused = isinstance(cause, ValueError) or type(cause).__name__ == "MisconfigurationException"
-    if not refused and not (isinstance(cause, TypeError) and "argument" in text):
+    refused = isinstance(cause, ValueError | TypeError)
+    if not refused and type(cause).__name__ != "MisconfigurationException":
         return None
     return UserError(f"{key}: {text}; fix the values under {key}")
 

@@ -9,6 +9,7 @@ gap. Prints a table, writes `eval.json` next to the checkpoint, logs `eval/*` to
 import json
 import logging
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -278,6 +279,48 @@ def log_to_run_loggers(
         loggers.append(logger)
         log.info(f"Logged eval/* to the run's {name} logger")
     finish_wandb(loggers)  # W&B keeps the run open otherwise; the id file resumed the same run
+
+
+def device_name(device: torch.device) -> str:
+    """What a run's wall time was measured on: the GPU's name, or the CPU threads torch used."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type} ({torch.get_num_threads()} threads)"
+
+
+def evaluate_after_training(
+    ckpt: str | Path,
+    datamodule: LightningDataModule,
+    run_dir: str | Path,
+    device: torch.device,
+    k: int = 100,
+    max_decodes: int = 512,
+    seed: int = 0,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """This module's numbers for a run's best checkpoint on the test split of the run's own
+    (set-up) datamodule, at the end of training (`eval_after_train`). Prints the table and writes
+    `<run_dir>/eval.json` with `extra` (wall time, device) and `eval_wall_s`, which a sweep's
+    summary reads."""
+    started = time.perf_counter()
+    module, _ = load_checkpoint(ckpt, map_location=str(device))
+    module.to(device)
+    log.info(f"Evaluating {ckpt} on the test split (IWAE k={k}, {device})")
+    if is_vq_model(module):
+        metrics, table = evaluate_vq_model(module, datamodule, "test", seed=seed), vq_metrics_table
+    else:
+        metrics = evaluate_model(
+            module, datamodule, "test", k=k, max_decodes=max_decodes, seed=seed
+        )
+        table = metrics_table
+    metrics = {"checkpoint": str(ckpt), "global_step": checkpoint_step(ckpt), **metrics}
+    metrics.update(extra or {}, device=device_name(device))
+    metrics["eval_wall_s"] = time.perf_counter() - started
+    Console().print(table(metrics, title=f"vae-lit eval: {ckpt}"))
+    path = Path(run_dir) / "eval.json"
+    write_text_atomic(path, json.dumps(metrics, indent=2) + "\n")
+    log.info(f"Wrote {path}")
+    return metrics
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:

@@ -59,13 +59,14 @@ class RunDirClaim:
             self.saved_hydra = {p.name: p.read_bytes() for p in hydra_dir.iterdir() if p.is_file()}
 
     def start(self) -> None:
-        """Training begins: the new `.hydra/` stays; files half-written by killed runs go."""
+        """Training begins: the new `.hydra/` stays; checkpoints half-written by killed runs go."""
         if self.started:
             return
         self.started = True
         self.saved_hydra = {}
-        for path in remove_stale_partials(self.run_dir):
-            log.info(f"Removed {path}, left half-written by a run that was killed")
+        # checkpoints only: an eval may be writing its eval.json here right now, unlocked
+        for path in remove_stale_partials(self.run_dir, "*.ckpt"):
+            log.info(f"Removed {path}, a checkpoint half-written by a run that was killed")
 
     def restore(self) -> None:
         """The start failed: put back the `.hydra/` files of the run that was there before."""

@@ -1,4 +1,5 @@
-"""Why a run stopped before its end, as one line: a SIGTERM, a full disk.
+"""Why a run stopped before its end, as one line: a SIGTERM, a full disk, a setting Lightning
+refuses once training starts (`max_epochs` below the resumed checkpoint's epoch).
 
 Lightning turns SIGTERM (what SLURM, Kubernetes and `timeout` send) into `SIGTERMException`, a
 `SystemExit` that would end the process with exit code 0; a full disk surfaces as an OSError deep
@@ -35,13 +36,16 @@ def terminated(exc: BaseException | None) -> bool:
 
 
 def stop_error(exc: BaseException, trainer: Trainer) -> UserError | None:
-    """The one line for a run stopped by SIGTERM or a full disk; None for anything else."""
+    """The one line for a run stopped by SIGTERM, a full disk or a setting Lightning refuses;
+    None for anything else."""
     if terminated(exc):
         return Terminated(
             f"terminated by SIGTERM at step {trainer.global_step} (epoch {trainer.current_epoch});"
             f" last checkpoint: {last_good_checkpoint(trainer)}; run the same command with "
             "resume=auto to continue"
         )
+    if type(exc).__name__ == "MisconfigurationException":  # Lightning's word on the settings
+        return UserError(" ".join(str(exc).split()))
     full = disk_full_error(exc)
     if full is not None:
         where = Path(full.filename).parent if full.filename else Path(trainer.default_root_dir)

@@ -1,13 +1,14 @@
 """The table at the end of a multirun: one row per job, overrides -> best val loss, final KL,
-test metrics, epochs, status, run dir. Printed, and written as `summary.csv` and `summary.md` in
-the sweep dir.
+test metrics, IWAE NLL, wall time and device (`eval.json`), epochs, status, run dir. Printed,
+and written as `summary.csv` and `summary.md` in the sweep dir.
 
 A Hydra callback (registered in `configs/hydra/default.yaml`). It reads what each job left on
-disk (`.hydra/overrides.yaml`, `run_summary.json`, `test_metrics.json`), so it works the same
-for jobs run in this process, in joblib workers or on SLURM nodes.
+disk (`.hydra/overrides.yaml`, `run_summary.json`, `test_metrics.json`, `eval.json`), so it
+works the same for jobs run in this process, in joblib workers or on SLURM nodes.
 """
 
 import csv
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -33,12 +34,24 @@ TEST_COLUMNS = {
     "foreground IoU": "test/foreground_iou",
     "MIG": "test/mig",
 }
+# Each job's eval.json (written by `eval_after_train`) -> column; empty where a job has none.
+EVAL_FILE = "eval.json"
+EVAL_COLUMNS = {
+    "IWAE NLL": "iwae_nll",  # nats per image, the tighter estimate of -log p(x)
+    "IWAE k": "iwae_k",
+    "IWAE bits/dim": "bits_per_dim",  # IWAE NLL / (C*H*W*ln 2), of the kind in likelihood_kind
+    "train+test s": "train_wall_s",  # wall time of the job before its evaluation
+    "eval s": "eval_wall_s",
+    "device": "device",
+}
 COLUMNS = [
     "job",
     "overrides",
     "best val/loss",
     "final val/kl",
     *TEST_COLUMNS,
+    "MIG per factor",
+    *EVAL_COLUMNS,
     "epochs",
     "status",
     "run dir",
@@ -72,6 +85,7 @@ def summary_rows(sweep_dir: Path) -> list[dict[str, Any]]:
                 "best val/loss": summary.get("best_val/loss"),
                 "final val/kl": summary.get("final_val/kl"),
                 **test_columns(run_dir),
+                **eval_columns(run_dir),
                 "epochs": summary.get("epochs"),
                 "status": summary.get("status", "no run_summary.json: see the job's log"),
                 "run dir": str(run_dir),
@@ -91,15 +105,31 @@ def read_overrides(run_dir: Path) -> list[str]:
 
 
 def test_columns(run_dir: Path) -> dict[str, Any]:
-    """The TEST_COLUMNS cells of one job; a tested job without a kind ran a continuous one."""
+    """The TEST_COLUMNS cells of one job (and MIG per factor, `colour 0.46, y 0.16, ...`); a
+    tested job without a kind ran a continuous one."""
     tested = read_test_metrics(run_dir)
     if not tested:
-        return dict.fromkeys(TEST_COLUMNS)
+        return dict.fromkeys([*TEST_COLUMNS, "MIG per factor"])
     cells = {column: tested.get(key) for column, key in TEST_COLUMNS.items()}
     cells["likelihood_kind"] = cells["likelihood_kind"] or "continuous"
     if cells["active units"] is not None:
         cells["active units"] = int(cells["active units"])
+    per_factor = [
+        f"{key.removeprefix('test/mig/')} {value:.2f}"
+        for key, value in tested.items()
+        if key.startswith("test/mig/")
+    ]
+    cells["MIG per factor"] = ", ".join(per_factor) or None
     return cells
+
+
+def eval_columns(run_dir: Path) -> dict[str, Any]:
+    """The EVAL_COLUMNS cells of one job, from its eval.json; empty when it has none."""
+    try:
+        evaluated = json.loads((run_dir / EVAL_FILE).read_text())
+    except (OSError, ValueError):  # not evaluated, or a damaged file: the table goes on
+        return dict.fromkeys(EVAL_COLUMNS)
+    return {column: evaluated.get(key) for column, key in EVAL_COLUMNS.items()}
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:

@@ -7,6 +7,7 @@ fits, tests, and returns the metric a sweeper optimises (`optimized_metric`).
 import logging
 import math
 import sys
+import time
 import warnings
 from typing import Any
 
@@ -27,6 +28,7 @@ from vae_lit.callbacks.run_config import RunConfigInCheckpoint
 from vae_lit.callbacks.run_summary import RunSummary
 from vae_lit.config_checks import check_config, run_cli
 from vae_lit.errors import UserError, find_user_error
+from vae_lit.eval import evaluate_after_training
 from vae_lit.loggers import finish_wandb
 from vae_lit.resume import resume_path
 from vae_lit.run_dir import RunStarted, claim, is_main_process, refuse_overwrite, release
@@ -78,6 +80,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 def fit_and_test(cfg: DictConfig) -> dict[str, float]:
+    started = time.perf_counter()  # the wall time eval_after_train records
     trainer_cfg = map_gpus(cfg.trainer)  # fails fast on a missing GPU, before any data is touched
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
@@ -127,10 +130,34 @@ def fit_and_test(cfg: DictConfig) -> dict[str, float]:
     finally:
         finish_wandb(loggers)  # each job its own W&B run, also in a multirun and on failure
     report_run(trainer, model, metrics, cfg.paths.output_dir)  # pictures, test table, W&B
+    if (cfg.get("eval_after_train") or {}).get("enabled") and trainer.is_global_zero:
+        evaluate_best(cfg, trainer, datamodule, time.perf_counter() - started)
     callback = trainer.checkpoint_callback
     if trainer.is_global_zero and callback and callback.best_model_path:
         log.info(f"Best checkpoint: {callback.best_model_path}")
     return metrics
+
+
+def evaluate_best(
+    cfg: DictConfig, trainer: pl.Trainer, datamodule: pl.LightningDataModule, train_s: float
+) -> None:
+    """eval_after_train: vae_lit.eval's numbers of the best checkpoint in <run dir>/eval.json."""
+    callback = trainer.checkpoint_callback
+    best = callback.best_model_path if callback else ""
+    if not best:
+        log.warning("eval_after_train: the run saved no best checkpoint, so no eval.json")
+        return
+    options = cfg.eval_after_train
+    evaluate_after_training(
+        best,
+        datamodule,
+        cfg.paths.output_dir,
+        trainer.strategy.root_device,
+        k=int(options.k),
+        max_decodes=int(options.max_decodes),
+        seed=cfg.seed if cfg.get("seed") is not None else 0,
+        extra={"train_wall_s": train_s, "precision": str(trainer.precision)},
+    )
 
 
 def in_multirun() -> bool:

@@ -97,46 +97,45 @@ def upsample_conv(
     return UpsampleConv.apply(x, weight, bias)
 
 
-def frame_strips(x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The 2-pixel strips of x next to each edge, from which the output's frame is computed."""
-    return {
-        "top": x[:, :, :2],
-        "bottom": x[:, :, -2:],
-        "left": x[:, :, :, :2],
-        "right": x[:, :, :, -2:],
-    }
+# The output's frame, rows and columns 0, 1 and the last two, is recomputed exactly from 2-pixel
+# strips of x: rows for the top and bottom, columns (transposed, so that every strip is wide and
+# flat: a tall narrow one takes oneDNN's slow path, ~30x in backward) for the left and right,
+# which leave the corners to the rows. Name: (the strip's output rows it owns, transposed).
+FRAME = {
+    "top": (slice(0, 2), False),
+    "bottom": (slice(-2, None), False),
+    "left": (slice(0, 2), True),
+    "right": (slice(-2, None), True),
+}
 
 
-def frame_region(name: str) -> tuple[slice, slice]:
-    """The output pixels each strip owns: the rows or columns 0, 1 and the last two, once each."""
-    rows, cols = slice(None), slice(None)
-    if name == "top":
-        rows = slice(0, 2)
-    elif name == "bottom":
-        rows = slice(-2, None)
-    else:
-        rows, cols = slice(2, -2), slice(0, 2) if name == "left" else slice(-2, None)
-    return rows, cols
+def oriented(t: torch.Tensor, transposed: bool) -> torch.Tensor:
+    return t.transpose(-2, -1) if transposed else t
 
 
-def plain_on_strip(
-    name: str, strip: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out_size: int
-) -> torch.Tensor:
-    """The plain layer on a 2-pixel strip: upsampled to 4 pixels across (the 3 nearest the edge
-    equal the full map's) and convolved with the full map's zero padding; the owned pixels."""
-    size = (4, out_size) if name in ("top", "bottom") else (out_size, 4)
-    up = F.interpolate(strip, size=size, mode="bilinear", align_corners=False)
-    if strip.dim() == 4 and strip.stride(1) == 1:  # channels_last: a thin NCHW strip takes
-        up = up.contiguous(memory_format=torch.channels_last)  # oneDNN's slow path (~30x)
-    y = F.conv2d(up, weight, bias, padding=1)
-    keep = {"top": (slice(0, 2), slice(None)), "bottom": (slice(-2, None), slice(None))}
-    rows, cols = keep.get(name, (slice(2, -2), slice(0, 2) if name == "left" else slice(-2, None)))
-    return y[:, :, rows, cols]
+def strip_of(t: torch.Tensor, name: str) -> torch.Tensor:
+    """The 2-pixel strip of a low-res map, a (N, C, 2, length) view in the strip's orientation."""
+    rows, transposed = FRAME[name]
+    t = oriented(t, transposed)
+    return t[:, :, :2] if rows.start == 0 else t[:, :, -2:]
+
+
+def owned(name: str, t: torch.Tensor) -> torch.Tensor:
+    """The pixels a strip owns, as a view of a full-size map `t` in the strip's orientation."""
+    rows, transposed = FRAME[name]
+    return t[:, :, rows, 2:-2] if transposed else t[:, :, rows]
+
+
+def strip_upsampled(strip: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """The strip upsampled to 4 rows: the 3 by the edge equal the full upsampled map's."""
+    up = F.interpolate(strip, size=(4, 2 * strip.shape[-1]), mode="bilinear", align_corners=False)
+    return up.contiguous(memory_format=torch.channels_last) if channels_last else up
 
 
 class UpsampleConv(torch.autograd.Function):
-    """Forward and backward by hand, so that the strips' gradients are added into x's gradient in
-    place: through autograd each strip would cost a zero-filled copy of x's full gradient."""
+    """Forward and backward by hand: the strips' gradients go into x's gradient in place (through
+    autograd each strip would cost a zero-filled copy of x's full gradient), and torch.compile
+    traces it whole (no torch.autograd.grad inside)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -146,59 +145,70 @@ class UpsampleConv(torch.autograd.Function):
         with torch.autocast(x.device.type, enabled=False):
             kernels = phase_kernels(weight).to(dtype)
             xc, w, b = x.to(dtype), weight.to(dtype), bias.to(dtype)
+            channels_last = xc.is_contiguous(memory_format=torch.channels_last)
             y = pixel_shuffle_phases(F.conv2d(xc, kernels, b.repeat(4), padding=1))
-            height, width = y.shape[-2:]
-            for name, strip in frame_strips(xc).items():
-                rows, cols = frame_region(name)
-                size = width if name in ("top", "bottom") else height
-                y[:, :, rows, cols] = plain_on_strip(name, strip, w, b, size)
-        ctx.save_for_backward(xc, w, b, kernels)
+            for name, (_, transposed) in FRAME.items():
+                up = strip_upsampled(strip_of(xc, name), channels_last)
+                frame = F.conv2d(up, oriented(w, transposed).contiguous(), b, padding=1)
+                owned(name, oriented(y, transposed)).copy_(owned(name, frame))
+        ctx.save_for_backward(xc, w, kernels)
         ctx.input_dtypes = (x.dtype, weight.dtype, bias.dtype)
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y: torch.Tensor):
-        xc, w, b, kernels = ctx.saved_tensors
+        xc, w, kernels = ctx.saved_tensors
         x_dtype, w_dtype, b_dtype = ctx.input_dtypes
         grad_y = grad_y.to(xc.dtype)
-        height, width = grad_y.shape[-2:]
+        channels_last = xc.is_contiguous(memory_format=torch.channels_last)
         # The main convolution's share: the gradient outside the frame, back in phase layout.
         grad_phase = unshuffle_phases(grad_y)
         for edge in (0, -1):  # slices, not an index list: that would be a host-to-device copy
             grad_phase[:, :, edge] = 0
             grad_phase[:, :, :, edge] = 0
-        grad_x, grad_kernels, grad_bias4 = torch.ops.aten.convolution_backward(
-            grad_phase,
-            xc,
-            kernels,
-            [kernels.shape[0]],
-            [1, 1],
-            [1, 1],
-            [1, 1],
-            False,
-            [0, 0],
-            1,
-            [True, True, True],
-        )
+        grad_x, grad_kernels, grad_bias4 = convolution_backward(grad_phase, xc, kernels)
         exact = torch.promote_types(w_dtype, torch.float32)  # weight gradients sum in >= fp32
         taps = taps_on(grad_kernels.device, exact)
         grad_w = torch.einsum(
             "pya,qxb,pqocab->ocyx", taps, taps, grad_kernels.to(exact).unflatten(0, (2, 2, -1))
         )
         grad_b = grad_bias4.to(exact).unflatten(0, (4, -1)).sum(0)
-        # The frame's share, strip by strip, added into the few rows and columns it read.
-        for name, strip in frame_strips(xc).items():
-            rows, cols = frame_region(name)
-            size = width if name in ("top", "bottom") else height
-            with torch.enable_grad():
-                leaves = [t.detach().requires_grad_() for t in (strip, w, b)]
-                out = plain_on_strip(name, *leaves, size)
-                g_strip, g_w, g_b = torch.autograd.grad(out, leaves, grad_y[:, :, rows, cols])
-            frame_strips(grad_x)[name].add_(g_strip)
-            grad_w += g_w.to(exact)
+        # The frame's share, strip by strip, added into the two rows or columns it read.
+        for name, (_, transposed) in FRAME.items():
+            strip = strip_of(xc, name)
+            up = strip_upsampled(strip, channels_last)
+            layout = torch.channels_last if channels_last else torch.contiguous_format
+            shape = (up.shape[0], w.shape[0], *up.shape[2:])
+            grad_frame = up.new_empty(shape).contiguous(memory_format=layout).zero_()
+            owned(name, grad_frame).copy_(owned(name, oriented(grad_y, transposed)))
+            w_strip = oriented(w, transposed).contiguous()  # a strided weight: a slow path
+            grad_up, g_w, g_b = convolution_backward(grad_frame, up, w_strip)
+            strip_of(grad_x, name).add_(
+                torch.ops.aten.upsample_bilinear2d_backward(
+                    grad_up, list(up.shape[2:]), list(strip.shape), False
+                )
+            )
+            grad_w += oriented(g_w, transposed).to(exact)
             grad_b += g_b.to(exact)
         return grad_x.to(x_dtype), grad_w.to(w_dtype), grad_b.to(b_dtype)
+
+
+def convolution_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor):
+    """(grad x, grad weight, grad bias) of a stride-1, padding-1 conv2d."""
+    return torch.ops.aten.convolution_backward(
+        grad,
+        x,
+        weight,
+        [weight.shape[0]],
+        [1, 1],
+        [1, 1],
+        [1, 1],
+        False,
+        [0, 0],
+        1,
+        [True, True, True],
+    )
 
 
 def unshuffle_phases(y: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,245 @@
+"""A comparison of models from one sweep: the sample grids of every job side by side, each panel
+labelled with its model, and the results table that docs/RESULTS.md shows.
+
+Runs by itself at the end of the `experiment=compare_*` sweeps (a Hydra callback next to the
+sweep summary), and by hand on any finished sweep dir:
+
+    python -m vae_lit.compare logs/compare_sprites32/multiruns/<time> --figure docs/x.png
+
+It reads what the jobs left on disk: the summary rows (`vae_lit.sweep_summary`), each job's
+`eval.json` (`eval_after_train`) and its best checkpoint, from which it draws the samples.
+"""
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+from PIL import Image, ImageDraw, ImageFont
+
+from vae_lit.atomic_write import atomic_path, write_text_atomic
+from vae_lit.callbacks.image_grids import image_grid
+from vae_lit.checkpoint import load_checkpoint
+from vae_lit.sweep_summary import EVAL_FILE, summary_rows
+from vae_lit.vq_eval import is_vq_model
+
+log = logging.getLogger(__name__)
+
+VARIANT_OVERRIDE = "+experiment@_global_="  # how the compare sweeps add a named variant
+FIGURE_FILE = "compare.png"
+TABLE_FILE = "compare.md"
+MAX_FIGURE_BYTES = (
+    300_000  # docs/ figures stay small: above this the PNG gets a 256-colour palette
+)
+
+
+def model_name(row: dict[str, Any]) -> str:
+    """A job's label: its variant's name, else the overrides that set it apart, else its number."""
+    overrides = str(row.get("overrides") or "").replace(VARIANT_OVERRIDE, "")
+    return overrides or f"job {row['job']}"
+
+
+def read_eval(run_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((run_dir / EVAL_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def best_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint the job's numbers come from (eval.json names it), else its last one."""
+    named = read_eval(run_dir).get("checkpoint")
+    for path in (Path(named) if named else None, run_dir / "checkpoints" / "last.ckpt"):
+        if path is not None and path.is_file():
+            return path
+    return None
+
+
+@torch.no_grad()
+def sample_panel(
+    ckpt: Path, samples: int, nrow: int, sample_px: int, seed: int
+) -> tuple[np.ndarray, str]:
+    """`samples` images drawn from the checkpoint's prior with a fixed seed, as one grid picture
+    (each image resized to `sample_px`), and a note for its label."""
+    module, _ = load_checkpoint(ckpt)
+    images = module.sample(samples, generator=torch.Generator().manual_seed(seed)).float()
+    if images.shape[-1] != sample_px:
+        images = torch.nn.functional.interpolate(
+            images, size=(sample_px, sample_px), mode="bilinear", antialias=True
+        )
+    label = " (uniform codes)" if is_vq_model(module) else ""  # no prior to sample from yet
+    return image_grid(images, nrow), label
+
+
+def labelled(panel: np.ndarray, text: str, font: ImageFont.ImageFont) -> Image.Image:
+    """`panel` under a white strip with `text` in black."""
+    height = font.size + 8 if hasattr(font, "size") else 18
+    image = Image.new("RGB", (panel.shape[1], panel.shape[0] + height), (255, 255, 255))
+    image.paste(Image.fromarray(panel), (0, height))
+    ImageDraw.Draw(image).text((3, 3), text, fill=(0, 0, 0), font=font)
+    return image
+
+
+def compare_figure(
+    sweep_dir: str | Path,
+    out: str | Path,
+    samples: int = 16,
+    nrow: int = 4,
+    sample_px: int = 64,
+    panels_per_row: int = 4,
+    seed: int = 0,
+) -> Path:
+    """One panel of prior samples per job of `sweep_dir`, labelled with its model, in rows of
+    `panels_per_row`; written to `out` (a PNG). Jobs without a checkpoint are left out."""
+    sweep_dir = Path(sweep_dir)
+    panels = []
+    for row in summary_rows(sweep_dir):
+        ckpt = best_checkpoint(Path(row["run dir"]))
+        if ckpt is None:
+            log.warning(f"Compare figure: job {row['job']} has no checkpoint, left out")
+            continue
+        picture, note = sample_panel(ckpt, samples, nrow, sample_px, seed)
+        panels.append((model_name(row) + note, picture))
+    if not panels:
+        raise ValueError(f"{sweep_dir} holds no job with a checkpoint to draw samples from")
+    width = max(p.shape[1] for _, p in panels)
+    font = ImageFont.load_default(size=max(12, min(20, width // 14)))
+    tiles = [labelled(picture, name, font) for name, picture in panels]
+    gap = 8
+    rows = [tiles[i : i + panels_per_row] for i in range(0, len(tiles), panels_per_row)]
+    tile_w, tile_h = max(t.width for t in tiles), max(t.height for t in tiles)
+    cols = min(len(tiles), panels_per_row)
+    figure = Image.new(
+        "RGB",
+        (cols * tile_w + (cols - 1) * gap, len(rows) * tile_h + (len(rows) - 1) * gap),
+        "white",
+    )
+    for r, row_tiles in enumerate(rows):
+        for c, tile in enumerate(row_tiles):
+            figure.paste(tile, (c * (tile_w + gap), r * (tile_h + gap)))
+    return save_small_png(figure, Path(out))
+
+
+def save_small_png(figure: Image.Image, out: Path) -> Path:
+    """Lossless when that stays under MAX_FIGURE_BYTES, else with a 256-colour palette."""
+    with atomic_path(out) as partial:
+        figure.save(partial, format="PNG", optimize=True)
+        if partial.stat().st_size > MAX_FIGURE_BYTES:
+            figure.quantize(256, dither=Image.Dither.FLOYDSTEINBERG).save(
+                partial, format="PNG", optimize=True
+            )
+    return out
+
+
+def fmt(value: Any, spec: str) -> str:
+    if value is None or value == "":
+        return ""
+    return format(float(value), spec)
+
+
+def results_table(sweep_dir: str | Path) -> str:
+    """The comparison table of docs/RESULTS.md, one row per job, from the files the jobs wrote."""
+    rows = summary_rows(Path(sweep_dir))
+    with_mig = any(row.get("MIG") is not None for row in rows)
+    header = [
+        "model",
+        "test neg ELBO",
+        "IWAE NLL",
+        "bits/dim (kind)",
+        "MSE",
+        "PSNR dB",
+        "active units",
+        *(["MIG", "MIG per factor"] if with_mig else []),
+        "train+test / eval",
+        "device",
+        "status",
+    ]
+    text_columns = {"model", "MIG per factor", "device", "status"}
+    align = ["---" if name in text_columns else "---:" for name in header]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    for row in rows:
+        evaluated = read_eval(Path(row["run dir"]))
+        bits = fmt(row["IWAE bits/dim"], ".4f")
+        kind = evaluated.get("likelihood_kind") or row["likelihood_kind"]
+        latent = evaluated.get("latent_dim")
+        active = "" if row["active units"] is None else str(row["active units"])
+        if active and latent:
+            active += f" / {latent}"
+        wall = ""
+        if row["train+test s"] is not None:
+            wall = f"{float(row['train+test s']):.0f} s / {fmt(row['eval s'], '.0f')} s"
+        device = str(row["device"] or "")
+        if evaluated.get("precision"):
+            device += f", {evaluated['precision']}"
+        iwae = fmt(row["IWAE NLL"], ".1f")
+        cells = [
+            model_name(row),
+            fmt(row["test neg ELBO"], ".1f"),
+            f"{iwae} (k={row['IWAE k']})" if iwae else "",
+            f"{bits} ({kind})" if bits else "",
+            fmt(row["test MSE"], ".4f"),
+            fmt(row["test PSNR"], ".2f"),
+            active,
+            *([fmt(row["MIG"], ".3f"), row["MIG per factor"] or ""] if with_mig else []),
+            wall,
+            device,
+            str(row["status"]),
+        ]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+class CompareFigure(Callback):
+    """At the end of a multirun: `compare.png` (the figure) and `compare.md` (the table) in the
+    sweep dir. A failure here costs the sweep only its figure."""
+
+    def __init__(self, samples: int = 16, nrow: int = 4, sample_px: int = 64, **kwargs: Any):
+        self.options = dict(samples=samples, nrow=nrow, sample_px=sample_px, **kwargs)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            return
+        try:
+            figure = compare_figure(sweep_dir, sweep_dir / FIGURE_FILE, **self.options)
+            write_text_atomic(sweep_dir / TABLE_FILE, results_table(sweep_dir))
+        except Exception as exc:  # noqa: BLE001  the sweep's own results are already on disk
+            log.warning(f"Compare figure not drawn: {exc}")
+            return
+        print(f"Comparison: {figure} and {sweep_dir / TABLE_FILE}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m vae_lit.compare",
+        description="Draw a sweep's side-by-side sample figure and print its results table.",
+    )
+    parser.add_argument("sweep_dir", type=Path)
+    parser.add_argument("--figure", type=Path, help="PNG to write (default: <sweep>/compare.png)")
+    parser.add_argument("--samples", type=int, default=16)
+    parser.add_argument("--nrow", type=int, default=4, help="samples per row of a panel")
+    parser.add_argument("--sample-px", type=int, default=64, help="size of each sample drawn")
+    parser.add_argument("--panels-per-row", type=int, default=4)
+    args = parser.parse_args(argv)
+    if not args.sweep_dir.is_dir():
+        sys.exit(f"vae-lit: error: {args.sweep_dir} is not a directory; pass a sweep dir")
+    out = compare_figure(
+        args.sweep_dir,
+        args.figure or args.sweep_dir / FIGURE_FILE,
+        samples=args.samples,
+        nrow=args.nrow,
+        sample_px=args.sample_px,
+        panels_per_row=args.panels_per_row,
+    )
+    print(results_table(args.sweep_dir), end="")
+    print(f"\nWrote {out} ({out.stat().st_size // 1000} KB)", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -93,9 +93,19 @@ class StandardNormal(Prior):
 
 
 def pick_components(weights: torch.Tensor, n: int, generator) -> torch.Tensor:
-    return torch.multinomial(
-        weights.detach().float().cpu(), n, replacement=True, generator=generator
-    )
+    """`n` component indices. With a (CPU) generator the draw repeats on every machine; without
+    one it stays on the weights' device, so a training step (InfoVAE's prior samples) never syncs."""
+    weights = weights.detach().float()
+    if generator is not None:
+        weights = weights.cpu()
+    return torch.multinomial(weights, n, replacement=True, generator=generator)
+
+
+def standard_noise(n: int, latent_dim: int, generator, device) -> torch.Tensor:
+    """N(0, I) noise: from the CPU generator when given (repeatable), else on `device`."""
+    if generator is not None:
+        return torch.randn(n, latent_dim, generator=generator).to(device)
+    return torch.randn(n, latent_dim, device=device)
 
 
 class MixtureOfGaussians(Prior):
@@ -135,7 +145,7 @@ class MixtureOfGaussians(Prior):
     def sample(self, n: int, generator: torch.Generator | None = None, device=None):
         device = self.parameter_device(device)
         index = pick_components(torch.softmax(self.logits, -1), n, generator).to(device)
-        noise = torch.randn(n, self.latent_dim, generator=generator).to(device)
+        noise = standard_noise(n, self.latent_dim, generator, device)
         return self.means[index] + noise * torch.exp(0.5 * self.logvars[index])
 
 
@@ -180,7 +190,7 @@ class VampPrior(Prior):
     def sample(self, n: int, generator: torch.Generator | None = None, device=None):
         device = self.parameter_device(device)
         mu, logvar = self.components()
-        weights = torch.ones(mu.shape[0])
+        weights = torch.ones(mu.shape[0], device=mu.device)
         index = pick_components(weights, n, generator).to(mu.device)
-        noise = torch.randn(n, self.latent_dim, generator=generator).to(mu.device)
+        noise = standard_noise(n, self.latent_dim, generator, mu.device)
         return (mu[index] + noise * torch.exp(0.5 * logvar[index])).to(device)

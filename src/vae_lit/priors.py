@@ -94,7 +94,7 @@ class StandardNormal(Prior):
 
 def pick_components(weights: torch.Tensor, n: int, generator) -> torch.Tensor:
     """`n` component indices. With a (CPU) generator the draw repeats on every machine; without
-    one it stays on the weights' device, so a training step (InfoVAE's prior samples) never syncs."""
+    one it stays on the weights' device, so a training step (InfoVAE's prior draws) never syncs."""
     weights = weights.detach().float()
     if generator is not None:
         weights = weights.cpu()

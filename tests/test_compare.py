@@ -19,8 +19,8 @@ def test_comparison_sweep_scores_every_model_and_draws_them_side_by_side(tmp_pat
     result = run_module(
         "vae_lit.train",
         "experiment=compare_sprites32",
-        "+experiment@_global_=vae,iwae",  # two of the sweep's models
-        *TINY,
+        "+experiment@_global_=vae,iwae,vqvae",  # three of the sweep's models
+        *[o for o in TINY if not o.startswith("model.net.latent_dim")],  # the VQ-VAE has none
         "eval_after_train.k=4",
         f"hydra.sweep.dir={sweep_dir}",
         cwd=ROOT,
@@ -32,33 +32,36 @@ def test_comparison_sweep_scores_every_model_and_draws_them_side_by_side(tmp_pat
     assert [row["overrides"] for row in rows] == [
         "+experiment@_global_=vae",
         "+experiment@_global_=iwae",
+        "+experiment@_global_=vqvae",
     ]
     image_dims = 3 * 16 * 16
     for row in rows:
         assert row["status"] == "finished"
+        assert float(row["train+test s"]) > 0 and float(row["eval s"]) > 0
+        assert row["device"].startswith("cpu")
+        assert 0 <= float(row["MIG"]) <= 1  # sprites have factors
+        assert "shape" in row["MIG per factor"]
+    for row in rows[:2]:
         assert row["IWAE k"] == "4"
         nll = float(row["IWAE NLL"])
         assert math.isfinite(nll) and nll > 0
         assert float(row["IWAE bits/dim"]) == pytest.approx(nll / (image_dims * math.log(2)))
         assert row["likelihood_kind"] == "continuous"  # the Bernoulli likelihood's bits
-        assert float(row["train+test s"]) > 0 and float(row["eval s"]) > 0
-        assert row["device"].startswith("cpu")
-        assert 0 <= float(row["MIG"]) <= 1  # sprites have factors
-        assert "shape" in row["MIG per factor"]
-    # each job really trained its own model: the variant's objective, not the seed's twice
-    objectives = [
-        json.loads((Path(row["run dir"]) / "eval.json").read_text())["objective"] for row in rows
-    ]
-    assert objectives == ["elbo", "iwae"]
+    assert rows[2]["IWAE NLL"] == ""  # a VQ-VAE has no IWAE bound
+    # each job really trained its own model: the variant's, not the seed's three times
+    evaluated = [json.loads((Path(row["run dir"]) / "eval.json").read_text()) for row in rows]
+    assert [e.get("objective") for e in evaluated] == ["elbo", "iwae", None]
+    assert evaluated[2]["grid_size"] == 4  # 16 px, two stride-2 levels
 
     # one labelled panel per model: 6x6 samples drawn at 32 px (6*32 + 7*2 padding), 8 px apart
     figure = Image.open(sweep_dir / "compare.png")
     panel = 6 * 32 + 7 * 2
-    assert figure.width == 2 * panel + 8
+    assert figure.width == 3 * panel + 2 * 8
     assert figure.height > panel
     table = (sweep_dir / "compare.md").read_text().splitlines()
-    assert [line.split(" | ")[0] for line in table[2:]] == ["| vae", "| iwae"]
+    assert [line.split(" | ")[0] for line in table[2:5]] == ["| vae", "| iwae", "| vqvae"]
     assert "(k=4)" in table[2] and "(continuous)" in table[2]
+    assert "n/a" in table[4] and table[-1].startswith("† VQ-VAE")
 
 
 def test_a_job_without_eval_json_leaves_the_evaluation_cells_empty(tmp_path: Path):
@@ -70,3 +73,26 @@ def test_a_job_without_eval_json_leaves_the_evaluation_cells_empty(tmp_path: Pat
     assert rows[0]["IWAE NLL"] is None and rows[0]["device"] is None
     header = (tmp_path / "summary.md").read_text().splitlines()[0]
     assert "| IWAE NLL |" in header and "| IWAE bits/dim |" in header and "| device |" in header
+
+
+# experiment files that are not a model: the comparisons themselves and setups of other kinds
+NOT_MODELS = {"celeba150", "latent_sweep"}
+
+
+def test_every_comparison_lists_every_named_model_and_composes_each_job():
+    from hydra.types import RunMode
+
+    from tests.test_sweep import compose_with_hydra
+
+    experiments = {p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml")}
+    models = {e for e in experiments if not e.startswith("compare_")} - NOT_MODELS
+    for name, image_size in (("sprites32", 32), ("celeba64", 64), ("celeba150", 150)):
+        sweep = compose_with_hydra([f"experiment=compare_{name}"])
+        assert sweep.hydra.mode == RunMode.MULTIRUN
+        listed = sweep.hydra.sweeper.params["+experiment@_global_"].split(",")
+        assert set(listed) == models, f"compare_{name} misses {models - set(listed)}"
+        assert sweep.eval_after_train.enabled
+        job = compose_with_hydra([f"experiment=compare_{name}", "+experiment@_global_=iwae"])
+        assert job.data.image_size == image_size
+        assert job.model.objective._target_ == "vae_lit.objectives.IWAE"
+        assert job.trainer.max_epochs == sweep.trainer.max_epochs  # one budget for every model

@@ -19,9 +19,10 @@ import numpy as np
 import pytest
 import torch
 from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import InstantiationException
 from PIL import Image
 
-from tests.conftest import CONFIG_DIR, ROOT, TINY, compose_config
+from tests.conftest import CONFIG_DIR, ROOT, TINY, compose_config, run_module
 from vae_lit.callbacks.non_finite_loss import NonFiniteLossError
 from vae_lit.callbacks.run_summary import RUN_SUMMARY_FILE
 from vae_lit.config_checks import run_cli
@@ -473,6 +474,12 @@ CONFIG_MISTAKES = [
     ("data.val_fraction=abc", "data.val_fraction=abc must be a number in [0, 1)"),
     # a value the built class refuses: Hydra's "Error in call to target", as one line
     ("trainer.accelerator=banana", "trainer: You selected an invalid accelerator name"),
+    (
+        "+model.net.latent_dimm=8",
+        "model.net.latent_dimm is not an argument of vae_lit.models.conv_vae.ConvVAE; did you "
+        "mean model.net.latent_dim?",
+    ),
+    ("model.prior.latent_dim=abc", "model.prior: invalid literal for int() with base 10: 'abc'"),
     ("model.optimizer._target_=torch.optim.Nope", "model.optimizer._target_=torch.optim.Nope can"),
     ("model.optimizer.lr=[1", "cannot read the override 'model.optimizer.lr=[1'"),
 ]
@@ -502,6 +509,32 @@ def test_a_typo_in_a_key_names_the_closest_valid_key(tmp_path: Path, capsys):
     assert cli("train", ["trainer.max_epoch=3", f"hydra.run.dir={tmp_path}"]) == 2
     line = one_error_line(capsys.readouterr().err)
     assert line == "trainer.max_epoch is not a config key; did you mean trainer.max_epochs?"
+
+
+@pytest.mark.parametrize(
+    ("module", "typo", "message"),
+    [
+        ("vae_lit.export", "outt=model", "outt is not a config key; did you mean out?"),
+        ("vae_lit.train_prior", "batch_sise=8", "batch_sise is not a config key; did you mean"),
+    ],
+)
+def test_every_entry_point_names_a_typo_in_a_key_in_one_line(
+    tmp_path: Path, module, typo, message
+):
+    result = run_module(module, "ckpt=missing.ckpt", typo, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert one_error_line(result.stderr).startswith(message)
+
+
+def test_a_type_error_inside_a_constructor_keeps_its_traceback(tmp_path: Path, capsys):
+    """Only Hydra's call of a target with a wrong argument name is the user's mistake for sure;
+    a TypeError from code the constructor runs may be a bug, and a bug needs its traceback."""
+    args = [*TINY, "model.prior.latent_dim=[4]", f"hydra.run.dir={tmp_path}"]
+    with pytest.raises(InstantiationException) as raised:
+        cli("train", args)
+    assert isinstance(raised.value.__cause__, TypeError)
+    assert "not 'ListConfig'" in str(raised.value.__cause__)
+    assert not error_lines(capsys.readouterr().err)  # not turned into one line
 
 
 @pytest.mark.parametrize(

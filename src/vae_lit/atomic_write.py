@@ -62,21 +62,22 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
-    with atomic_write(path, "w") as file:
+    with atomic_write(path, "w", encoding="utf-8") as file:
         file.write(text)
     return Path(path)
 
 
 def check_output_file(path: str | Path, key: str) -> Path:
     """Refuse, in one line and before any work, an output file that cannot be written: a
-    directory, a read-only place. A missing folder is created for a relative path; for an
-    absolute one it is an error, since a typo there would create folders at the root."""
+    directory, a read-only place. A missing folder is created, except a new one at the file
+    system's root: `out=/reslts/x.png` is a typo, not a request."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{key}={path} is a folder; pass a file name, e.g. {key}={path}/out.png")
     folder = path.parent
     if not folder.is_dir():
-        if path.is_absolute():
+        existing = next(p for p in path.absolute().parents if p.is_dir())
+        if existing == existing.parent:  # the nearest existing folder is the root
             raise UserError(
                 f"{key}={path}: its folder {folder} does not exist; create it, or pass a path in "
                 "an existing folder"

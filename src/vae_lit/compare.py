@@ -13,6 +13,7 @@ It reads what the jobs left on disk: the summary rows (`vae_lit.sweep_summary`),
 import argparse
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,9 +35,12 @@ log = logging.getLogger(__name__)
 VARIANT_OVERRIDE = "+experiment@_global_="  # how the compare sweeps add a named variant
 FIGURE_FILE = "compare.png"
 TABLE_FILE = "compare.md"
-MAX_FIGURE_BYTES = (
-    300_000  # docs/ figures stay small: above this the PNG gets a 256-colour palette
+VQ_NOTE = (
+    "† VQ-VAE: the negative ELBO under a uniform prior over its codes (van den Oord et al. 2017): "
+    "the reconstruction NLL plus (code grid cells) x ln K; its encoder is deterministic, so no "
+    "IWAE bound, and its samples decode uniformly random codes until a prior is trained."
 )
+MAX_FIGURE_BYTES = 300_000  # figures for docs/: above it the PNG gets a 256-colour palette
 
 
 def model_name(row: dict[str, Any]) -> str:
@@ -143,6 +147,16 @@ def fmt(value: Any, spec: str) -> str:
     return format(float(value), spec)
 
 
+def vq_uniform_bound(evaluated: dict[str, Any]) -> tuple[float, float] | None:
+    """A VQ-VAE's negative ELBO under a uniform prior over its codes and its bits/dim; None for
+    other models. The encoder is deterministic, so the KL is the code grid's size times ln K."""
+    if not {"recon", "recon_bits_per_dim", "grid_size", "num_codes"} <= set(evaluated):
+        return None
+    bound = evaluated["recon"] + evaluated["grid_size"] ** 2 * math.log(evaluated["num_codes"])
+    nats_per_bit_dim = evaluated["recon"] / evaluated["recon_bits_per_dim"]  # C*H*W * ln 2
+    return bound, bound / nats_per_bit_dim
+
+
 def results_table(sweep_dir: str | Path) -> str:
     """The comparison table of docs/RESULTS.md, one row per job, from the files the jobs wrote."""
     rows = summary_rows(Path(sweep_dir))
@@ -163,6 +177,7 @@ def results_table(sweep_dir: str | Path) -> str:
     text_columns = {"model", "MIG per factor", "device", "status"}
     align = ["---" if name in text_columns else "---:" for name in header]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    notes: set[str] = set()
     for row in rows:
         evaluated = read_eval(Path(row["run dir"]))
         bits = fmt(row["IWAE bits/dim"], ".4f")
@@ -178,11 +193,19 @@ def results_table(sweep_dir: str | Path) -> str:
         if evaluated.get("precision"):
             device += f", {evaluated['precision']}"
         iwae = fmt(row["IWAE NLL"], ".1f")
+        iwae = f"{iwae} (k={row['IWAE k']})" if iwae else ""
+        neg_elbo = fmt(row["test neg ELBO"], ".1f")
+        bits = f"{bits} ({kind})" if bits else ""
+        uniform = vq_uniform_bound(evaluated)
+        if uniform is not None:  # a VQ-VAE: its loss is no ELBO, and it has no IWAE bound
+            neg_elbo, iwae = f"{uniform[0]:.1f} †", "n/a"
+            bits = f"{uniform[1]:.4f} ({kind}) †"
+            notes.add(VQ_NOTE)
         cells = [
             model_name(row),
-            fmt(row["test neg ELBO"], ".1f"),
-            f"{iwae} (k={row['IWAE k']})" if iwae else "",
-            f"{bits} ({kind})" if bits else "",
+            neg_elbo,
+            iwae,
+            bits,
             fmt(row["test MSE"], ".4f"),
             fmt(row["test PSNR"], ".2f"),
             active,
@@ -192,7 +215,7 @@ def results_table(sweep_dir: str | Path) -> str:
             str(row["status"]),
         ]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, *(["", *sorted(notes)] if notes else [])]) + "\n"
 
 
 class CompareFigure(Callback):
@@ -215,30 +238,62 @@ class CompareFigure(Callback):
         print(f"Comparison: {figure} and {sweep_dir / TABLE_FILE}", flush=True)
 
 
+def headline_table(sweeps: dict[str, Path]) -> str:
+    """Each model's IWAE bits/dim and PSNR on each data set (name -> sweep dir), one row per model:
+    the README's summary of docs/RESULTS.md."""
+    cells: dict[str, dict[str, str]] = {}
+    for name, sweep_dir in sweeps.items():
+        for row in summary_rows(sweep_dir):
+            evaluated = read_eval(Path(row["run dir"]))
+            uniform = vq_uniform_bound(evaluated)
+            bits = uniform[1] if uniform else row["IWAE bits/dim"]
+            mark = " †" if uniform else ""
+            text = f"{fmt(bits, '.3f')}{mark} / {fmt(row['test PSNR'], '.1f')} dB"
+            cells.setdefault(model_name(row), {})[name] = text
+    header = ["model", *(f"{name}: bits/dim / PSNR" for name in sweeps)]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * len(sweeps)]
+    for model, by_data in cells.items():
+        lines.append("| " + " | ".join([model, *(by_data.get(n, "") for n in sweeps)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m vae_lit.compare",
-        description="Draw a sweep's side-by-side sample figure and print its results table.",
+        description="Print a comparison sweep's results table (and redraw its figure), or with "
+        "--headline NAME=DIR ... one row per model across several sweeps.",
     )
-    parser.add_argument("sweep_dir", type=Path)
-    parser.add_argument("--figure", type=Path, help="PNG to write (default: <sweep>/compare.png)")
+    parser.add_argument("sweeps", nargs="+", help="a sweep dir; NAME=DIR ... with --headline")
+    parser.add_argument("--headline", action="store_true", help="the README's summary table")
+    parser.add_argument("--figure", type=Path, help="also draw the side-by-side samples here")
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--nrow", type=int, default=4, help="samples per row of a panel")
     parser.add_argument("--sample-px", type=int, default=64, help="size of each sample drawn")
     parser.add_argument("--panels-per-row", type=int, default=4)
     args = parser.parse_args(argv)
-    if not args.sweep_dir.is_dir():
-        sys.exit(f"vae-lit: error: {args.sweep_dir} is not a directory; pass a sweep dir")
-    out = compare_figure(
-        args.sweep_dir,
-        args.figure or args.sweep_dir / FIGURE_FILE,
-        samples=args.samples,
-        nrow=args.nrow,
-        sample_px=args.sample_px,
-        panels_per_row=args.panels_per_row,
-    )
-    print(results_table(args.sweep_dir), end="")
-    print(f"\nWrote {out} ({out.stat().st_size // 1000} KB)", file=sys.stderr)
+    named = [item.partition("=")[::2] if args.headline else ("", item) for item in args.sweeps]
+    for name, sweep_dir in named:
+        if not Path(sweep_dir).is_dir() or (args.headline and not name):
+            sys.exit(
+                f"vae-lit: error: {sweep_dir} is not a sweep dir; pass NAME=DIR with --headline"
+            )
+    if args.headline:
+        print(headline_table({name: Path(d) for name, d in named}), end="")
+        return
+    if len(named) != 1:
+        sys.exit("vae-lit: error: pass one sweep dir, or several NAME=DIR with --headline")
+    sweep_dir = Path(named[0][1])
+    print(results_table(sweep_dir), end="")
+    if args.figure:
+        out = compare_figure(
+            sweep_dir,
+            args.figure,
+            samples=args.samples,
+            nrow=args.nrow,
+            sample_px=args.sample_px,
+            panels_per_row=args.panels_per_row,
+        )
+        print(f"Wrote {out} ({out.stat().st_size // 1000} KB)", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,9 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from vae_lit.atomic_write import atomic_path, write_text_atomic
 from vae_lit.checkpoint import load_checkpoint
+from vae_lit.config_checks import run_cli
 from vae_lit.errors import UserError, exit_on_user_error
 from vae_lit.pretrained import (
     CONFIG_FILE,
@@ -25,8 +27,6 @@ from vae_lit.pretrained import (
     SAMPLE_FILE,
     WEIGHTS_FILE,
     PretrainedVAE,
-    write_atomically,
-    write_text,
 )
 
 log = logging.getLogger(__name__)
@@ -82,9 +82,10 @@ def export(cfg: DictConfig) -> Path:
     sample = sample_grid_of(ckpt, config["epoch"])
     out.mkdir(parents=True, exist_ok=True)
     if metrics is not None:
-        write_text(out / EVAL_FILE, json.dumps(metrics, indent=2) + "\n")
+        write_text_atomic(out / EVAL_FILE, json.dumps(metrics, indent=2) + "\n")
     if sample is not None:
-        write_atomically(out / SAMPLE_FILE, lambda temporary: shutil.copyfile(sample, temporary))
+        with atomic_path(out / SAMPLE_FILE) as partial:
+            shutil.copyfile(sample, partial)
     module.save_pretrained(
         out,
         model_card_kwargs={
@@ -104,4 +105,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)  # a typo in a key or a config name is one line too

@@ -8,9 +8,6 @@ from huggingface_hub's `ModelHubMixin`; this module fills in the framework-speci
 """
 
 import json
-import os
-import secrets
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +17,7 @@ import yaml
 from huggingface_hub import ModelCard, ModelHubMixin, hf_hub_download
 from omegaconf import DictConfig, OmegaConf
 
+from vae_lit.atomic_write import atomic_path, write_text_atomic
 from vae_lit.errors import UserError
 
 CONFIG_FILE = "config.json"
@@ -42,21 +40,6 @@ EVAL_ROWS = (
     ("mig", "MIG", "{:.3f}"),
     ("fid", "FID", "{:.2f}"),
 )
-
-
-def write_atomically(path: Path, write: Callable[[Path], None]) -> Path:
-    """`write(temporary)` beside `path`, then rename: a reader never sees half a file."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.partial")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
-
-
-def write_text(path: Path, text: str) -> Path:
-    return write_atomically(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
 
 
 def model_card(
@@ -159,9 +142,10 @@ class PretrainedVAE(
         config = self.pretrained_config(config)
         folder.mkdir(parents=True, exist_ok=True)
         self._save_pretrained(folder)
-        write_text(folder / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")
+        config_text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+        write_text_atomic(folder / CONFIG_FILE, config_text)
         card = self.generate_model_card(config=config, **(model_card_kwargs or {}))
-        write_text(folder / CARD_FILE, str(card))
+        write_text_atomic(folder / CARD_FILE, str(card))
         if push_to_hub:
             return self.push_to_hub(
                 repo_id or folder.name,
@@ -177,12 +161,8 @@ class PretrainedVAE(
             key: value.detach().to("cpu").clone(memory_format=torch.contiguous_format)
             for key, value in self.state_dict().items()
         }
-        write_atomically(
-            save_directory / WEIGHTS_FILE,
-            lambda temporary: safetensors.torch.save_file(
-                weights, str(temporary), metadata={"format": "pt"}
-            ),
-        )
+        with atomic_path(save_directory / WEIGHTS_FILE) as partial:
+            safetensors.torch.save_file(weights, str(partial), metadata={"format": "pt"})
 
     def generate_model_card(
         self,

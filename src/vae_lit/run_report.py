@@ -17,6 +17,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from vae_lit.atomic_write import write_text_atomic
+
 TEST_METRICS_FILE = "test_metrics.json"
 PICTURE_SUFFIXES = (".png", ".gif")
 EPOCH_PICTURE = re.compile(r"^(?P<stem>.+)_(?P<epoch>\d+)$")
@@ -54,7 +56,7 @@ def write_test_metrics(
         return None
     path = Path(output_dir) / TEST_METRICS_FILE
     record = {"checkpoint": checkpoint, "likelihood_kind": kind, **tested}
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    write_text_atomic(path, json.dumps(record, indent=2) + "\n")
     return path
 
 

@@ -11,11 +11,13 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vae_lit.callbacks.run_config import RunConfigInCheckpoint
 from vae_lit.code_prior import cached_codes, code_loader, load_vqvae
+from vae_lit.config_checks import run_cli
 from vae_lit.errors import UserError, exit_on_user_error
 from vae_lit.loggers import finish_wandb
 from vae_lit.samplers import fingerprint
@@ -37,6 +39,10 @@ def train_prior(cfg: DictConfig) -> dict[str, float]:
         pl.seed_everything(cfg.seed, workers=True)
     ckpt = Path(cfg.ckpt).resolve()
     vqvae, vq_cfg = load_vqvae(ckpt)
+    if (
+        torch.cuda.is_available()
+    ):  # extraction is one pass of the encoder: use a GPU if there is one
+        vqvae.to("cuda")
 
     def datamodule():
         log.info(f"Instantiating the VQ-VAE's datamodule <{vq_cfg.data._target_}>")
@@ -101,4 +107,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)  # a typo in a key or a config name is one line too

@@ -1,9 +1,10 @@
-"""The test/* numbers that only some data sets can give, added to every run's test:
+"""The metrics that only some data sets can give, logged beside the model's own:
 
-- `test/foreground_iou` on sprites: whether the reconstructions have the right shapes;
+- `val/foreground_iou` and `test/foreground_iou` on sprites: whether the reconstructions have the
+  right shapes (the validation curve shows when the shapes are learned);
 - `test/mig` (and `test/mig/<factor>`) where the data has ground-truth factors: disentanglement.
 
-Both score the posterior-mean code of each test image, as `vae_lit.eval` does.
+Both score the posterior-mean code of each image, as `vae_lit.eval` does.
 """
 
 import numpy as np
@@ -17,8 +18,8 @@ from vae_lit.metrics.foreground_iou import foreground_iou_per_image
 from vae_lit.metrics.mig import NUM_BINS, factor_gaps
 
 
-class DataTestMetrics(Callback):
-    """Foreground IoU on sprites and MIG on data with factors, logged with the other test/*.
+class DataMetrics(Callback):
+    """Foreground IoU on sprites (validation and test) and MIG on data with factors (test).
 
     MIG needs every test code in data order, so it is computed in single-process runs only.
     """
@@ -26,6 +27,19 @@ class DataTestMetrics(Callback):
     def __init__(self, mig_bins: int = NUM_BINS):
         self.mig_bins = mig_bins
         self.codes: list[torch.Tensor] = []
+
+    def on_validation_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs,
+        batch: torch.Tensor,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if not trainer.sanity_checking and isinstance(trainer.datamodule, SpritesDataModule):
+            images = to_float_images(batch)
+            self.log_foreground_iou(pl_module, "val", images, pl_module.encode(images)[0])
 
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.codes = []
@@ -44,14 +58,20 @@ class DataTestMetrics(Callback):
         if self.test_factors(trainer) is not None:
             self.codes.append(mu.float().cpu())
         if isinstance(trainer.datamodule, SpritesDataModule):
-            iou = foreground_iou_per_image(images, pl_module.decode(mu))
-            pl_module.log(
-                "test/foreground_iou",
-                iou.mean(),
-                on_epoch=True,
-                batch_size=images.shape[0],
-                sync_dist=True,
-            )
+            self.log_foreground_iou(pl_module, "test", images, mu)
+
+    @staticmethod
+    def log_foreground_iou(
+        pl_module: LightningModule, stage: str, images: torch.Tensor, mu: torch.Tensor
+    ) -> None:
+        iou = foreground_iou_per_image(images, pl_module.decode(mu))
+        pl_module.log(
+            f"{stage}/foreground_iou",
+            iou.mean(),
+            on_epoch=True,
+            batch_size=images.shape[0],
+            sync_dist=True,
+        )
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         factors = self.test_factors(trainer)

@@ -99,7 +99,7 @@ def upsample_conv(
 
 # The output's frame, rows and columns 0, 1 and the last two, is recomputed exactly from 2-pixel
 # strips of x: rows for the top and bottom, columns (transposed, so that every strip is wide and
-# flat: a tall narrow one takes oneDNN's slow path, ~30x in backward) for the left and right,
+# flat: a tall narrow one takes oneDNN's slow path, ~10x in backward) for the left and right,
 # which leave the corners to the rows. Name: (the strip's output rows it owns, transposed).
 FRAME = {
     "top": (slice(0, 2), False),
@@ -127,9 +127,12 @@ def owned(name: str, t: torch.Tensor) -> torch.Tensor:
 
 
 def strip_upsampled(strip: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """The strip upsampled to 4 rows: the 3 by the edge equal the full upsampled map's."""
+    """The strip upsampled to 4 rows: the 3 by the edge equal the full upsampled map's. Dense in
+    the network's layout first and after: a strided or NCHW strip takes slow paths (~10-30x)."""
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    strip = strip.contiguous(memory_format=layout)
     up = F.interpolate(strip, size=(4, 2 * strip.shape[-1]), mode="bilinear", align_corners=False)
-    return up.contiguous(memory_format=torch.channels_last) if channels_last else up
+    return up.contiguous(memory_format=layout)
 
 
 class UpsampleConv(torch.autograd.Function):

@@ -44,6 +44,8 @@ def test_data_alone_switches_the_model_resolution(tmp_path: Path):
 def test_gpus_maps_to_accelerator_and_devices(monkeypatch, tmp_path, gpus, accelerator, devices):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a pretend GPU machine
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=0: (8, 0))  # precision: auto
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "A100")
     trainer_cfg = map_gpus(compose_config(tmp_path, [f"trainer.gpus={gpus}"]).trainer)
     assert "gpus" not in trainer_cfg
     assert (trainer_cfg.accelerator, trainer_cfg.devices) == (accelerator, devices)

@@ -2,8 +2,8 @@
 
 MSE and PSNR barely move when a triangle comes back as a blob of the right colour and size, since
 most pixels are background either way. On images of objects on a dark background (the sprites),
-the IoU of "which pixels are object" in an image and in its reconstruction says it directly: a blob
-in place of a triangle scores ~0.7, the right shape ~0.9.
+the IoU of "which pixels are object" in an image and in its reconstruction says it directly: the
+soft blobs of right colour, size and place that the seed's `make train` model drew score 0.73.
 """
 
 import torch

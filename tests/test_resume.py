@@ -105,7 +105,7 @@ def test_resume_auto_skips_a_last_checkpoint_cut_short_by_a_kill(tmp_path: Path)
     last.write_bytes(last.read_bytes()[:1000])  # killed while writing it
     cfg = compose_config(tmp_path, [*TINY, "test=false", "resume=auto", "trainer.max_epochs=2"])
     train(cfg)  # falls back to epoch_000.ckpt, the newest checkpoint that still loads
-    final = torch.load(tmp_path / "checkpoints" / "last-v1.ckpt", weights_only=True)
+    final = torch.load(last, weights_only=True)  # the cut-short file replaced, no last-v1.ckpt
     assert (final["epoch"], final["global_step"]) == (1, 2 * STEPS_PER_EPOCH)
 
 
@@ -150,3 +150,19 @@ def test_two_seeded_deterministic_runs_give_identical_losses(tmp_path: Path):
     assert len(losses[0]) == STEPS_PER_EPOCH
     assert losses[0] == losses[1]  # bit for bit
     assert losses[0] != losses[2]  # and the seed is what fixes them
+
+
+def test_last_ckpt_is_the_newest_epoch_even_when_it_is_not_the_best(tmp_path: Path):
+    """Lightning 2.6's save_last rewrites last.ckpt only with a new best; ours after every epoch,
+    so resume=auto never goes back to an older epoch. mode=max makes epoch 0 the 'best'."""
+    overrides = [*TINY, "trainer.max_epochs=3", "callbacks.model_checkpoint.mode=max"]
+    train(compose_config(tmp_path, overrides))
+    load = lambda name: torch.load(tmp_path / "checkpoints" / name, weights_only=True)  # noqa: E731
+    assert load("epoch_000.ckpt")["epoch"] == 0
+    assert load("last.ckpt")["epoch"] == 2 and load("last.ckpt")["global_step"] == 12
+    train(compose_config(tmp_path, [*overrides, "trainer.max_epochs=4", "resume=auto"]))
+    assert load("last.ckpt")["epoch"] == 3
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("*.ckpt")) == [
+        "epoch_000.ckpt",
+        "last.ckpt",
+    ]

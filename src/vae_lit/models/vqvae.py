@@ -38,10 +38,13 @@ class VectorQuantizer(nn.Module):
     m_i <- decay * m_i + (1 - decay) * s_i, then e_i = m_i / N_i. `N` also serves as the usage
     record of the codebook-loss variant.
 
-    Dead codes: after each training step, a code whose running count N_i is below
-    `dead_code_threshold` (vectors per step) becomes a random encoder output of the batch, with
-    N_i = 1, so it gets ~log(threshold) / log(decay) steps to attract vectors before it is moved
-    again. All counts start at 0: the first step places the unused codes on encoder outputs.
+    Dead codes (Dhariwal et al. 2020, Jukebox, section 2.3): after each training step, a code whose
+    running count N_i is below `dead_code_threshold` vectors per step becomes a random encoder
+    output of the batch, with N_i = 1; with the default threshold of 1 it stays only if it is
+    chosen about once per step from then on. All counts start at 0, so the first step puts the
+    codebook onto encoder outputs: a data-dependent initialisation. (A threshold with a grace
+    period, 0.03 and N_i = 1, left 96% of the codebook unused after 192 steps on CelebA at 64 px:
+    codes placed on the first, random encoder outputs were not moved again in time.)
     """
 
     def __init__(
@@ -50,7 +53,7 @@ class VectorQuantizer(nn.Module):
         code_dim: int = 64,
         codebook: str = "ema",
         decay: float = 0.99,
-        dead_code_threshold: float = 0.03,
+        dead_code_threshold: float = 1.0,
     ):
         super().__init__()
         if int(num_codes) < 2:

@@ -27,15 +27,15 @@ class KLSchedule:
         if beta < 0:
             raise UserError(f"model.objective.kl_schedule.beta={beta} must be >= 0")
         if kind == "linear" and warmup_steps <= 0:
-            raise UserError(
-                "model.objective.kl_schedule.warmup_steps must be > 0 for kind=linear"
-            )
+            raise UserError("model.objective.kl_schedule.warmup_steps must be > 0 for kind=linear")
         if kind == "cyclical" and cycle_steps <= 0:
             raise UserError(
                 "model.objective.kl_schedule.cycle_steps must be > 0 for kind=cyclical"
             )
         if not 0 < ramp_fraction <= 1:
-            raise UserError(f"model.objective.kl_schedule.ramp_fraction={ramp_fraction} must be in (0, 1]")
+            raise UserError(
+                f"model.objective.kl_schedule.ramp_fraction={ramp_fraction} must be in (0, 1]"
+            )
         self.kind, self.beta = kind, float(beta)
         self.warmup_steps, self.cycle_steps = int(warmup_steps), int(cycle_steps)
         self.ramp_fraction = float(ramp_fraction)

@@ -100,8 +100,8 @@ class Objective(nn.Module):
 class ELBO(Objective):
     """recon + beta(t) * KL, the (beta-)VAE objective (Kingma & Welling 2014; Higgins et al.
     2017), with a KL schedule, free bits (Kingma et al. 2016: a floor on each dimension's
-    batch-mean KL, so no dimension is pushed to collapse), or the capacity form of Burgess et al. 2018:
-    recon + gamma * |KL - C(t)|, C growing linearly from 0 to `capacity_max_nats` over
+    batch-mean KL, so no dimension is pushed to collapse), or the capacity form of Burgess et al.
+    2018: recon + gamma * |KL - C(t)|, C growing linearly from 0 to `capacity_max_nats` over
     `capacity_steps`."""
 
     name = "elbo"

@@ -159,8 +159,9 @@ def test_a_non_finite_loss_found_late_never_reaches_a_checkpoint(tmp_path: Path)
     with pytest.raises(NonFiniteLossError) as failure:
         train(compose_config(tmp_path, overrides))
     step = int(str(failure.value).split("at step ")[1].split()[0])
-    checkpoint = tmp_path / "checkpoints" / "last.ckpt"
-    assert f"Last good checkpoint: {checkpoint}." in str(failure.value)
+    named = str(failure.value).split("Last good checkpoint: ")[1].split(". ")[0]
+    checkpoint = Path(named)  # the newest: here the per-step epoch_NNN.ckpt
+    assert checkpoint.parent == tmp_path / "checkpoints" and checkpoint.is_file()
     saved = torch.load(checkpoint, weights_only=True)
     assert saved["global_step"] <= step
     assert all(torch.isfinite(w).all() for w in saved["state_dict"].values())

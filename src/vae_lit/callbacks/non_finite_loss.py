@@ -157,9 +157,11 @@ class NonFiniteLoss(Callback):
 
 def last_good_checkpoint(trainer: Trainer) -> str:
     """The newest checkpoint written before the failure, or a note that there is none."""
-    callback = trainer.checkpoint_callback
-    paths = [getattr(callback, "last_model_path", ""), getattr(callback, "best_model_path", "")]
+    callbacks = trainer.checkpoint_callbacks  # the best-epoch writer and the last.ckpt writer
+    paths = [getattr(c, "last_model_path", "") for c in callbacks]
+    paths += [getattr(c, "best_model_path", "") for c in callbacks]
     existing = [Path(p) for p in paths if p and Path(p).is_file()]
     if not existing:
         return "none (no checkpoint was saved before it)"
-    return str(max(existing, key=lambda p: p.stat().st_mtime))
+    # the newest; written in the same second, last.ckpt (the same weights) is the one to name
+    return str(max(existing, key=lambda p: (p.stat().st_mtime, p.name == "last.ckpt")))

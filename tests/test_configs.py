@@ -34,7 +34,7 @@ def test_data_alone_switches_the_model_resolution(tmp_path: Path):
     cfg = compose_config(tmp_path, ["data.image_size=48", "data.channels=1"])
     assert cfg.model.net.image_size == 48 and cfg.model.net.channels == 1
     module = instantiate(cfg.model)
-    assert module.net.decode(torch.zeros(1, module.latent_dim)).shape == (1, 1, 48, 48)
+    assert module.decode(torch.zeros(1, module.latent_dim)).shape == (1, 1, 48, 48)
 
 
 @pytest.mark.parametrize(

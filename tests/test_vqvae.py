@@ -1,6 +1,7 @@
 """The VQ-VAE (van den Oord et al. 2017): quantizer maths checked by hand, the network at any size,
 and `model=vqvae` trained end to end through the real config."""
 
+import math
 from pathlib import Path
 
 import pytest
@@ -230,3 +231,12 @@ def test_a_vqvae_checkpoint_reconstructs_and_refuses_to_sample_without_a_prior(v
     cfg = compose_config(tmp_path, [f"ckpt={ckpt}", f"out={tmp_path}/s.png"], "sample")
     with pytest.raises(UserError, match="python -m vae_lit.train_prior ckpt="):
         sample(cfg)
+
+
+def test_perplexity_is_the_exponential_of_the_code_entropy():
+    from vae_lit.vq_lit_module import perplexity
+
+    assert perplexity(torch.tensor([5, 5, 0, 0])) == pytest.approx(2.0)
+    entropy = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))  # counts 3 and 1
+    assert perplexity(torch.tensor([3, 0, 1])) == pytest.approx(math.exp(entropy))
+    assert perplexity(torch.ones(512)) == pytest.approx(512)

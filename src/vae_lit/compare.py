@@ -161,6 +161,7 @@ def results_table(sweep_dir: str | Path) -> str:
     """The comparison table of docs/RESULTS.md, one row per job, from the files the jobs wrote."""
     rows = summary_rows(Path(sweep_dir))
     with_mig = any(row.get("MIG") is not None for row in rows)
+    with_iou = any(row.get("foreground IoU") is not None for row in rows)  # sprites
     header = [
         "model",
         "test neg ELBO",
@@ -168,6 +169,7 @@ def results_table(sweep_dir: str | Path) -> str:
         "bits/dim (kind)",
         "MSE",
         "PSNR dB",
+        *(["foreground IoU"] if with_iou else []),
         "active units",
         *(["MIG", "MIG per factor"] if with_mig else []),
         "train+test / eval",
@@ -208,6 +210,7 @@ def results_table(sweep_dir: str | Path) -> str:
             bits,
             fmt(row["test MSE"], ".4f"),
             fmt(row["test PSNR"], ".2f"),
+            *([fmt(row["foreground IoU"], ".3f")] if with_iou else []),
             active,
             *([fmt(row["MIG"], ".3f"), row["MIG per factor"] or ""] if with_mig else []),
             wall,

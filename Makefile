@@ -23,8 +23,8 @@ train: $(STAMP) ## Train the default VAE on the embedded sprites data (2-6 minut
 eval: $(STAMP) ## Evaluate a checkpoint on its test split: make eval CKPT=<run>/checkpoints/last.ckpt
 	$(BIN)/python -m vae_lit.eval ckpt=$(CKPT) $(ARGS)
 
-test: $(STAMP) ## Run the test suite
-	$(BIN)/python -m pytest $(ARGS)
+test: $(STAMP) ## Run the test suite (two processes: ~8 min on 2 busy cores)
+	$(BIN)/python -m pytest -n 2 $(ARGS)
 
 test-fast: $(STAMP) ## Run the tests not marked slow
 	$(BIN)/python -m pytest -m "not slow" $(ARGS)

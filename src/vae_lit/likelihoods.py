@@ -290,7 +290,8 @@ class DiscretizedLogisticMixture(Likelihood):
         logits, means, _, coefficients = self.split(params)
         component_means = self.coupled_means(means, coefficients, means).clamp(-1, 1)
         weights = torch.softmax(logits, dim=1).unsqueeze(1)
-        return ((component_means * weights).sum(2) + 1) / 2
+        # the weighted sum can round a hair past the edges (-6e-8 seen): clamp once more
+        return (((component_means * weights).sum(2) + 1) / 2).clamp(0, 1)
 
     def sample(self, params: torch.Tensor, generator: torch.Generator | None = None):
         logits, means, log_scales, coefficients = self.split(params)

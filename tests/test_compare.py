@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import ROOT, TINY, run_module
+from vae_lit.compare import main, results_table
 from vae_lit.sweep_summary import write_summary
 
 
@@ -73,6 +74,21 @@ def test_a_job_without_eval_json_leaves_the_evaluation_cells_empty(tmp_path: Pat
     assert rows[0]["IWAE NLL"] is None and rows[0]["device"] is None
     header = (tmp_path / "summary.md").read_text().splitlines()[0]
     assert "| IWAE NLL |" in header and "| IWAE bits/dim |" in header and "| device |" in header
+
+
+def test_a_variant_run_later_in_its_own_sweep_joins_the_table(tmp_path: Path, capsys):
+    first, later = tmp_path / "first", tmp_path / "later"
+    for sweep_dir, variant, nll in ((first, "vae", 400.0), (later, "logistic_vae", 2000.0)):
+        job = sweep_dir / "0"
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(f"- +experiment@_global_={variant}\n")
+        (job / "eval.json").write_text(json.dumps({"iwae_nll": nll, "iwae_k": 50}))
+    table = results_table([first, later]).splitlines()
+    assert [line.split(" | ")[0] for line in table[2:]] == ["| vae", "| logistic_vae"]
+    assert "400.0 (k=50)" in table[2] and "2000.0 (k=50)" in table[3]
+    main(["--headline", f"sprites={first}", f"sprites={later}"])  # one name, two sweeps
+    headline = capsys.readouterr().out.splitlines()
+    assert [line.split(" | ")[0] for line in headline[2:]] == ["| vae", "| logistic_vae"]
 
 
 # experiment files that are not a model: the comparisons themselves and setups of other kinds

@@ -90,8 +90,15 @@ def labelled(panel: np.ndarray, text: str, font: ImageFont.ImageFont) -> Image.I
     return image
 
 
+def rows_of(sweep_dirs: str | Path | list[str | Path]) -> list[dict[str, Any]]:
+    """The summary rows of one sweep dir, or of several in order: a variant added later runs as a
+    sweep of its own and joins the table and the figure of the first."""
+    dirs = [sweep_dirs] if isinstance(sweep_dirs, (str, Path)) else sweep_dirs
+    return [row for sweep_dir in dirs for row in summary_rows(Path(sweep_dir))]
+
+
 def compare_figure(
-    sweep_dir: str | Path,
+    sweep_dirs: str | Path | list[str | Path],
     out: str | Path,
     samples: int = 16,
     nrow: int = 4,
@@ -99,11 +106,10 @@ def compare_figure(
     panels_per_row: int = 4,
     seed: int = 0,
 ) -> Path:
-    """One panel of prior samples per job of `sweep_dir`, labelled with its model, in rows of
+    """One panel of prior samples per job of `sweep_dirs`, labelled with its model, in rows of
     `panels_per_row`; written to `out` (a PNG). Jobs without a checkpoint are left out."""
-    sweep_dir = Path(sweep_dir)
     panels = []
-    for row in summary_rows(sweep_dir):
+    for row in rows_of(sweep_dirs):
         ckpt = best_checkpoint(Path(row["run dir"]))
         if ckpt is None:
             log.warning(f"Compare figure: job {row['job']} has no checkpoint, left out")
@@ -111,7 +117,7 @@ def compare_figure(
         picture, note = sample_panel(ckpt, samples, nrow, sample_px, seed)
         panels.append((model_name(row) + note, picture))
     if not panels:
-        raise ValueError(f"{sweep_dir} holds no job with a checkpoint to draw samples from")
+        raise ValueError(f"{sweep_dirs} holds no job with a checkpoint to draw samples from")
     width = max(p.shape[1] for _, p in panels)
     font = ImageFont.load_default(size=max(12, min(20, width // 14)))
     tiles = [labelled(picture, name, font) for name, picture in panels]
@@ -157,9 +163,9 @@ def vq_uniform_bound(evaluated: dict[str, Any]) -> tuple[float, float] | None:
     return bound, bound / nats_per_bit_dim
 
 
-def results_table(sweep_dir: str | Path) -> str:
+def results_table(sweep_dirs: str | Path | list[str | Path]) -> str:
     """The comparison table of docs/RESULTS.md, one row per job, from the files the jobs wrote."""
-    rows = summary_rows(Path(sweep_dir))
+    rows = rows_of(sweep_dirs)
     with_mig = any(row.get("MIG") is not None for row in rows)
     with_iou = any(row.get("foreground IoU") is not None for row in rows)  # sprites
     header = [
@@ -241,12 +247,12 @@ class CompareFigure(Callback):
         print(f"Comparison: {figure} and {sweep_dir / TABLE_FILE}", flush=True)
 
 
-def headline_table(sweeps: dict[str, Path]) -> str:
-    """Each model's IWAE bits/dim and PSNR on each data set (name -> sweep dir), one row per model:
-    the README's summary of docs/RESULTS.md."""
+def headline_table(sweeps: dict[str, Path | list[Path]]) -> str:
+    """Each model's IWAE bits/dim and PSNR on each data set (name -> its sweep dir or dirs), one
+    row per model: the README's summary of docs/RESULTS.md."""
     cells: dict[str, dict[str, str]] = {}
-    for name, sweep_dir in sweeps.items():
-        for row in summary_rows(sweep_dir):
+    for name, sweep_dirs in sweeps.items():
+        for row in rows_of(sweep_dirs):
             evaluated = read_eval(Path(row["run dir"]))
             uniform = vq_uniform_bound(evaluated)
             bits = uniform[1] if uniform else row["IWAE bits/dim"]
@@ -263,10 +269,11 @@ def headline_table(sweeps: dict[str, Path]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m vae_lit.compare",
-        description="Print a comparison sweep's results table (and redraw its figure), or with "
-        "--headline NAME=DIR ... one row per model across several sweeps.",
+        description="Print a comparison sweep's results table (and redraw its figure); several "
+        "sweep dirs of one data set make one table; with --headline NAME=DIR ... one row per "
+        "model across data sets.",
     )
-    parser.add_argument("sweeps", nargs="+", help="a sweep dir; NAME=DIR ... with --headline")
+    parser.add_argument("sweeps", nargs="+", help="sweep dirs; NAME=DIR ... with --headline")
     parser.add_argument("--headline", action="store_true", help="the README's summary table")
     parser.add_argument("--figure", type=Path, help="also draw the side-by-side samples here")
     parser.add_argument("--samples", type=int, default=16)
@@ -280,16 +287,17 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(
                 f"vae-lit: error: {sweep_dir} is not a sweep dir; pass NAME=DIR with --headline"
             )
-    if args.headline:
-        print(headline_table({name: Path(d) for name, d in named}), end="")
+    if args.headline:  # a name given twice joins its sweeps, as without --headline
+        by_name: dict[str, list[Path]] = {}
+        for name, sweep_dir in named:
+            by_name.setdefault(name, []).append(Path(sweep_dir))
+        print(headline_table(by_name), end="")
         return
-    if len(named) != 1:
-        sys.exit("vae-lit: error: pass one sweep dir, or several NAME=DIR with --headline")
-    sweep_dir = Path(named[0][1])
-    print(results_table(sweep_dir), end="")
+    sweep_dirs = [Path(sweep_dir) for _, sweep_dir in named]
+    print(results_table(sweep_dirs), end="")
     if args.figure:
         out = compare_figure(
-            sweep_dir,
+            sweep_dirs,
             args.figure,
             samples=args.samples,
             nrow=args.nrow,

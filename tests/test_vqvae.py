@@ -240,3 +240,15 @@ def test_perplexity_is_the_exponential_of_the_code_entropy():
     entropy = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))  # counts 3 and 1
     assert perplexity(torch.tensor([3, 0, 1])) == pytest.approx(math.exp(entropy))
     assert perplexity(torch.ones(512)) == pytest.approx(512)
+
+
+def test_the_end_of_run_table_does_not_call_a_vqvae_loss_an_elbo(vq_run):
+    from rich.console import Console
+
+    from vae_lit.run_report import metrics_table
+
+    _, metrics = vq_run
+    console = Console(width=200, record=True)
+    console.print(metrics_table(metrics, None, "continuous", vq=True))
+    text = console.export_text()
+    assert "VQ-VAE loss" in text and "not a bound" in text and "negative ELBO" not in text

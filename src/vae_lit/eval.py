@@ -288,6 +288,12 @@ def device_name(device: torch.device) -> str:
     return f"{device.type} ({torch.get_num_threads()} threads)"
 
 
+def bound_name(module: torch.nn.Module, k: int) -> str:
+    """What the log says the evaluation estimates: a VQ-VAE's encoder is deterministic, so it has
+    no IWAE bound; its NLL is the code prior's plus the reconstruction's."""
+    return "VQ-VAE: code prior + reconstruction NLL" if is_vq_model(module) else f"IWAE k={k}"
+
+
 def evaluate_after_training(
     ckpt: str | Path,
     datamodule: LightningDataModule,
@@ -305,7 +311,7 @@ def evaluate_after_training(
     started = time.perf_counter()
     module, _ = load_checkpoint(ckpt, map_location=str(device))
     module.to(device)
-    log.info(f"Evaluating {ckpt} on the test split (IWAE k={k}, {device})")
+    log.info(f"Evaluating {ckpt} on the test split ({bound_name(module, k)}, {device})")
     if is_vq_model(module):
         metrics, table = evaluate_vq_model(module, datamodule, "test", seed=seed), vq_metrics_table
     else:
@@ -365,7 +371,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         except FIDUnavailable as exc:
             log.warning(f"FID skipped: {exc}")
 
-    log.info(f"Evaluating {ckpt} on the {cfg.split} split (IWAE k={cfg.eval.k}, {device})")
+    what = bound_name(module, int(cfg.eval.k))
+    log.info(f"Evaluating {ckpt} on the {cfg.split} split ({what}, {device})")
     table = metrics_table
     if is_vq_model(module):  # a VQ-VAE, or a prior over its codes (vae_lit.train_prior)
         metrics = evaluate_vq_model(

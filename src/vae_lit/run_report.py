@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from vae_lit.atomic_write import write_text_atomic
+from vae_lit.vq_eval import is_vq_model
 
 TEST_METRICS_FILE = "test_metrics.json"
 PICTURE_SUFFIXES = (".png", ".gif")
@@ -35,6 +36,8 @@ TEST_ROWS = {
     "active_units": ("active units", "{:.0f}", "latent dimensions in use"),
     "mig": ("MIG", "{:.3f}", "disentanglement, 0 to 1"),
 }
+# A VQ-VAE's loss is no bound on -log p(x): its prior over codes is trained afterwards.
+VQ_LOSS_ROW = ("VQ-VAE loss", "{:.2f} nats", "reconstruction NLL + commitment; not a bound")
 
 
 def likelihood_kind(model: LightningModule) -> str:
@@ -94,15 +97,18 @@ def picture_dirs(trainer: Trainer) -> list[Path]:
     return sorted(set(dirs))
 
 
-def metrics_table(metrics: dict[str, float], latent_dim: int | None, kind: str) -> Table:
-    """The test metrics, each row saying what its number means."""
+def metrics_table(
+    metrics: dict[str, float], latent_dim: int | None, kind: str, vq: bool = False
+) -> Table:
+    """The test metrics, each row saying what its number means (`vq`: a VQ-VAE's)."""
     tested = {key.removeprefix("test/"): value for key, value in test_metrics(metrics).items()}
     table = Table(title="Test metrics (the best checkpoint on the test split)")
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_column("what it says")
     shown = set()
-    for name, (label, fmt, meaning) in TEST_ROWS.items():
+    rows = {**TEST_ROWS, "loss": VQ_LOSS_ROW} if vq else TEST_ROWS
+    for name, (label, fmt, meaning) in rows.items():
         if name not in tested:
             continue
         value = fmt.format(tested[name])
@@ -157,10 +163,11 @@ def report_run(
     if test_metrics(metrics):
         latent_dim = getattr(model, "latent_dim", None)
         console.print()
-        console.print(metrics_table(metrics, latent_dim, kind))
+        console.print(metrics_table(metrics, latent_dim, kind, vq=is_vq_model(model)))
     if best:
+        what = "codebook use" if is_vq_model(model) else "IWAE likelihood"
         console.print(
-            f"[bold]More metrics[/] (IWAE likelihood): python -m vae_lit.eval ckpt={escape(best)}",
+            f"[bold]More metrics[/] ({what}): python -m vae_lit.eval ckpt={escape(best)}",
             soft_wrap=True,
         )
     commands = wandb_commands(trainer)

@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 from vae_lit.atomic_write import atomic_path
 from vae_lit.callbacks.image_grids import EpochPictures, image_grid, save_png
 from vae_lit.errors import UserError
-from vae_lit.lit_module import to_float_images
+from vae_lit.lit_module import optimizers_of, to_float_images
 from vae_lit.loggers import log_image
 from vae_lit.models.pixelcnn import GatedPixelCNN
 from vae_lit.samplers import fingerprint
@@ -232,14 +232,7 @@ class CodePriorLitModule(LightningModule):
         self.model_step(codes, "test")
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(params=self.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer=optimizer)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss", "interval": "epoch"},
-        }
+        return optimizers_of(self, self.optimizer_factory, self.scheduler_factory)
 
 
 class PriorSampleGrid(EpochPictures):

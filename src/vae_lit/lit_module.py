@@ -25,6 +25,34 @@ def to_float_images(batch: torch.Tensor) -> torch.Tensor:
     return batch
 
 
+def log_reconstruction_quality(
+    module: LightningModule, images: torch.Tensor, reconstructions: torch.Tensor
+) -> None:
+    """test/mse and test/psnr of a test batch, averaged over the epoch and the processes."""
+    module.log_dict(
+        {
+            "test/mse": mse_per_image(images, reconstructions).mean(),
+            "test/psnr": psnr_per_image(images, reconstructions).mean(),
+        },
+        on_epoch=True,
+        batch_size=images.shape[0],
+        sync_dist=True,
+    )
+
+
+def optimizers_of(module: LightningModule, optimizer_factory: Callable, scheduler_factory):
+    """What `configure_optimizers` returns: the optimizer over the module's parameters and, when
+    configured, its scheduler stepped each epoch on val/loss (which ReduceLROnPlateau reads)."""
+    optimizer = optimizer_factory(params=module.parameters())
+    if scheduler_factory is None:
+        return optimizer
+    scheduler = scheduler_factory(optimizer=optimizer)
+    return {
+        "optimizer": optimizer,
+        "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss", "interval": "epoch"},
+    }
+
+
 class VAELitModule(LightningModule, PretrainedVAE):  # save/from_pretrained, push_to_hub
     """A VAE under Lightning. Batches are uint8 images (N, C, H, W); they become floats in [0, 1]
     on the device, so workers and host-to-device copies move a quarter of the bytes.
@@ -192,15 +220,7 @@ class VAELitModule(LightningModule, PretrainedVAE):  # save/from_pretrained, pus
         images = to_float_images(batch)
         mu, _ = self.encode(images)
         reconstructions = self.decode(mu)
-        self.log_dict(
-            {
-                "test/mse": mse_per_image(images, reconstructions).mean(),
-                "test/psnr": psnr_per_image(images, reconstructions).mean(),
-            },
-            on_epoch=True,
-            batch_size=images.shape[0],
-            sync_dist=True,
-        )
+        log_reconstruction_quality(self, images, reconstructions)
         self.test_active_units.update(mu)
 
     def on_test_epoch_end(self) -> None:
@@ -214,11 +234,4 @@ class VAELitModule(LightningModule, PretrainedVAE):  # save/from_pretrained, pus
             self.net.compile(mode=self.compile_net)
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(params=self.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer=optimizer)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss", "interval": "epoch"},
-        }
+        return optimizers_of(self, self.optimizer_factory, self.scheduler_factory)

@@ -18,8 +18,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from vae_lit.errors import UserError
 from vae_lit.likelihoods import Likelihood
-from vae_lit.lit_module import to_float_images
-from vae_lit.metrics.image_quality import mse_per_image, psnr_per_image
+from vae_lit.lit_module import log_reconstruction_quality, optimizers_of, to_float_images
 from vae_lit.models.vqvae import VQVAE
 
 log = logging.getLogger(__name__)
@@ -203,15 +202,7 @@ class VQVAELitModule(LightningModule):
         step = self.model_step(batch, "test")
         images = step["images"]
         reconstructions = self.likelihood.mean(step["params"])
-        self.log_dict(
-            {
-                "test/mse": mse_per_image(images, reconstructions).mean(),
-                "test/psnr": psnr_per_image(images, reconstructions).mean(),
-            },
-            on_epoch=True,
-            batch_size=images.shape[0],
-            sync_dist=True,
-        )
+        log_reconstruction_quality(self, images, reconstructions)
 
     def on_train_epoch_start(self) -> None:
         self.code_counts.pop("train", None)
@@ -244,11 +235,4 @@ class VQVAELitModule(LightningModule):
             self.net.compile()
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(params=self.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer=optimizer)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss", "interval": "epoch"},
-        }
+        return optimizers_of(self, self.optimizer_factory, self.scheduler_factory)

@@ -16,6 +16,24 @@ from vae_lit.models.upsample_conv import fuses, upsample_conv
 MIN_IMAGE_SIZE = 16
 
 
+def check_net_shape(net: str, image_size: int, channels: int, hidden_channels) -> list[int]:
+    """The image and width arguments every network takes, checked with the config key to fix;
+    the widths as ints."""
+    if int(image_size) < MIN_IMAGE_SIZE:
+        raise UserError(
+            f"data.image_size={image_size} is too small: the {net} needs at least "
+            f"{MIN_IMAGE_SIZE} pixels a side"
+        )
+    if channels not in (1, 3):
+        raise UserError(f"data.channels={channels} must be 1 (grayscale) or 3 (RGB)")
+    if not hidden_channels or any(int(c) <= 0 for c in hidden_channels):
+        raise UserError(
+            f"model.net.hidden_channels={list(hidden_channels)} must be a non-empty list of "
+            "positive widths"
+        )
+    return [int(c) for c in hidden_channels]
+
+
 def downsampled_sizes(image_size: int, num_blocks: int) -> list[int]:
     """Spatial side after each stride-2 block, input first: [150, 75, 38, 19, 10]."""
     sizes = [image_size]
@@ -100,19 +118,7 @@ class ConvVAE(nn.Module):
         super().__init__()
         if int(latent_dim) <= 0:
             raise UserError(f"model.net.latent_dim={latent_dim} must be a positive integer")
-        if int(image_size) < MIN_IMAGE_SIZE:
-            raise UserError(
-                f"data.image_size={image_size} is too small: the conv VAE needs at least "
-                f"{MIN_IMAGE_SIZE} pixels a side"
-            )
-        if channels not in (1, 3):
-            raise UserError(f"data.channels={channels} must be 1 (grayscale) or 3 (RGB)")
-        if not hidden_channels or any(int(c) <= 0 for c in hidden_channels):
-            raise UserError(
-                f"model.net.hidden_channels={list(hidden_channels)} must be a non-empty list of "
-                "positive widths"
-            )
-        hidden_channels = [int(c) for c in hidden_channels]
+        hidden_channels = check_net_shape("conv VAE", image_size, channels, hidden_channels)
         self.image_size, self.channels, self.latent_dim = (
             int(image_size),
             channels,

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from vae_lit.errors import UserError
-from vae_lit.models.conv_vae import MIN_IMAGE_SIZE, downsampled_sizes
+from vae_lit.models.conv_vae import check_net_shape, downsampled_sizes
 
 
 def group_norm(channels: int, groups: int) -> nn.GroupNorm:
@@ -112,21 +112,9 @@ class ResNetVAE(nn.Module):
         super().__init__()
         if int(latent_dim) != latent_dim or int(latent_dim) <= 0:
             raise UserError(f"model.net.latent_dim={latent_dim} must be a positive integer")
-        if int(image_size) < MIN_IMAGE_SIZE:
-            raise UserError(
-                f"data.image_size={image_size} is too small: the resnet VAE needs at least "
-                f"{MIN_IMAGE_SIZE} pixels a side"
-            )
-        if channels not in (1, 3):
-            raise UserError(f"data.channels={channels} must be 1 (grayscale) or 3 (RGB)")
-        if not hidden_channels or any(int(w) <= 0 for w in hidden_channels):
-            raise UserError(
-                f"model.net.hidden_channels={list(hidden_channels)} must be a non-empty list of "
-                "positive widths"
-            )
+        widths = check_net_shape("resnet VAE", image_size, channels, hidden_channels)
         if int(blocks_per_level) < 0 or int(groups) < 1:
             raise UserError("model.net.blocks_per_level must be >= 0 and model.net.groups >= 1")
-        widths = [int(w) for w in hidden_channels]
         self.image_size, self.channels, self.latent_dim = (
             int(image_size),
             channels,

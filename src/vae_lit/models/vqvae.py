@@ -15,7 +15,7 @@ import torch.distributed as dist
 from torch import nn
 
 from vae_lit.errors import UserError
-from vae_lit.models.conv_vae import MIN_IMAGE_SIZE, downsampled_sizes
+from vae_lit.models.conv_vae import check_net_shape, downsampled_sizes
 
 CODEBOOKS = ("ema", "loss")
 
@@ -208,19 +208,7 @@ class VQVAE(nn.Module):
         out_channels: int | None = None,
     ):
         super().__init__()
-        if int(image_size) < MIN_IMAGE_SIZE:
-            raise UserError(
-                f"data.image_size={image_size} is too small: the VQ-VAE needs at least "
-                f"{MIN_IMAGE_SIZE} pixels a side"
-            )
-        if channels not in (1, 3):
-            raise UserError(f"data.channels={channels} must be 1 (grayscale) or 3 (RGB)")
-        if not hidden_channels or any(int(c) <= 0 for c in hidden_channels):
-            raise UserError(
-                f"model.net.hidden_channels={list(hidden_channels)} must be a non-empty list of "
-                "positive widths"
-            )
-        widths = [int(c) for c in hidden_channels]
+        widths = check_net_shape("VQ-VAE", image_size, channels, hidden_channels)
         self.image_size, self.channels = int(image_size), int(channels)
         self.out_channels = int(out_channels or channels)
         self.quantizer = quantizer

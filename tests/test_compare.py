@@ -92,7 +92,7 @@ def test_a_variant_run_later_in_its_own_sweep_joins_the_table(tmp_path: Path, ca
 
 
 # experiment files that are not a model: the comparisons themselves and setups of other kinds
-NOT_MODELS = {"celeba150", "latent_sweep", "default"}  # default: the first run's setup
+NOT_MODELS = {"celeba150", "latent_sweep", "first_run"}  # first_run: make train's setup
 
 
 def test_every_comparison_lists_every_named_model_and_composes_each_job():

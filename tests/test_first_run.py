@@ -97,7 +97,8 @@ def report_section(lines: list[str], title: str) -> list[str]:
 def test_a_default_run_prints_no_warning_and_ends_with_its_report(tmp_path: Path):
     run_dir = tmp_path / "run"
     result = run_module(
-        "vae_lit.train",  # the default composition (W&B offline, callbacks), less data
+        "vae_lit.train",  # make train's composition (W&B offline, callbacks), less data
+        "experiment=first_run",
         "data.num_images=400",  # 320 training images: 5 batches of the default 64
         "data.image_size=16",
         "trainer.limit_train_batches=3",
@@ -131,7 +132,7 @@ def test_a_default_run_prints_no_warning_and_ends_with_its_report(tmp_path: Path
     assert f"wandb leet {run_dir / 'wandb'}" in wandb[-1]
 
     tested = json.loads((run_dir / "test_metrics.json").read_text())
-    # experiment=default's discretized logistic: its bits per dimension are true bits
+    # experiment=first_run's discretized logistic: its bits per dimension are true bits
     assert tested["likelihood_kind"] == "discrete" and 0 <= tested["test/foreground_iou"] <= 1
     assert json.loads((run_dir / "run_summary.json").read_text())["global_step"] == 6
 

@@ -139,8 +139,7 @@ def test_the_default_composition_gives_the_seed_models_losses_bit_for_bit(tmp_pa
     """tests/data/seed_model_golden.json holds the training losses of the seed model (before the
     ingredient split) for this exact procedure: seed 7, eight steps, fp32 on CPU."""
     golden = json.loads((ROOT / "tests" / "data" / "seed_model_golden.json").read_text())
-    # ~experiment: without experiment=default's first-run likelihood, model=conv is the seed's
-    cfg = compose_config(tmp_path, [*TINY, "~experiment"])
+    cfg = compose_config(tmp_path, TINY)
     pl.seed_everything(7, workers=True)
     datamodule, model = instantiate(cfg.data), instantiate(cfg.model)
     record = RecordLosses()

@@ -37,7 +37,6 @@ def test_training_on_sprites_lowers_validation_loss_by_30_percent(tmp_path: Path
             "trainer.max_epochs=4",
             "logger=csv",
             "test=false",
-            "~experiment",  # the seed model (Bernoulli): the first-run default learns differently
         ],
     )
     with open_dict(cfg):

@@ -88,7 +88,8 @@ def test_a_variant_run_later_in_its_own_sweep_joins_the_table(tmp_path: Path, ca
     assert "400.0 (k=50)" in table[2] and "2000.0 (k=50)" in table[3]
     main(["--headline", f"sprites={first}", f"sprites={later}"])  # one name, two sweeps
     headline = capsys.readouterr().out.splitlines()
-    assert [line.split(" | ")[0] for line in headline[2:]] == ["| vae", "| logistic_vae"]
+    assert [line.split(" | ")[0] for line in headline[2:4]] == ["| vae", "| logistic_vae"]
+    assert headline[-1].startswith("Bits/dim in bold are true bits")
 
 
 # experiment files that are not a model: the comparisons themselves and setups of other kinds

@@ -252,3 +252,28 @@ def test_the_end_of_run_table_does_not_call_a_vqvae_loss_an_elbo(vq_run):
     console.print(metrics_table(metrics, None, "continuous", vq=True))
     text = console.export_text()
     assert "VQ-VAE loss" in text and "not a bound" in text and "negative ELBO" not in text
+
+
+def test_a_vqvae_exports_to_a_model_folder_that_gives_it_back_bit_for_bit(vq_run, tmp_path):
+    from vae_lit.checkpoint import load_checkpoint
+    from vae_lit.export import export
+    from vae_lit.lit_module import VAELitModule
+    from vae_lit.vq_lit_module import VQVAELitModule
+
+    run_dir, _ = vq_run
+    ckpt, out = run_dir / "checkpoints" / "last.ckpt", tmp_path / "exported"
+    export(compose_config(tmp_path, [f"ckpt={ckpt}", f"out={out}"], config_name="export"))
+    card = (out / "README.md").read_text()
+    assert "VQVAELitModule.from_pretrained" in card and "vae_lit.train_prior" in card
+
+    original, _ = load_checkpoint(ckpt)
+    loaded = VQVAELitModule.from_pretrained(out)
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(loaded.reconstruct(x), original.reconstruct(x), rtol=0, atol=0)
+    with pytest.raises(UserError, match="holds a VQVAELitModule, not a VAELitModule"):
+        VAELitModule.from_pretrained(out)
+    from vae_lit.eval import evaluate  # the card's command: eval takes the folder
+
+    eval_overrides = [f"ckpt={out}", "eval.log_to_run=false", f"eval.json={tmp_path / 'e.json'}"]
+    metrics = evaluate(compose_config(tmp_path, eval_overrides, "eval"))
+    assert 1 <= metrics["perplexity"] <= 32 and metrics["psnr"] > 0

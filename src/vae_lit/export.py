@@ -5,7 +5,8 @@ Writes `model.safetensors` (weights only), `config.json` (the model's resolved c
 the evaluation table when `eval.json` (from `python -m vae_lit.eval`) of this very checkpoint lies
 next to it, and the run's sample grid of the checkpoint's epoch when it is in the run dir; both
 files are copied in. `vae_lit.sample`, `vae_lit.eval`, the notebook and
-`VAELitModule.from_pretrained` load the folder, and nothing in it can run code.
+`VAELitModule.from_pretrained` (a VQ-VAE's: `VQVAELitModule.from_pretrained`) load the folder, and
+nothing in it can run code.
 """
 
 import json
@@ -95,7 +96,8 @@ def export(cfg: DictConfig) -> Path:
     )
     extras = [name for name, found in ((EVAL_FILE, metrics), (SAMPLE_FILE, sample)) if found]
     files = ", ".join([WEIGHTS_FILE, CONFIG_FILE, "README.md", *extras])
-    log.info(f"Wrote {out}: {files}. Load it with VAELitModule.from_pretrained('{out}')")
+    name = type(module).__name__
+    log.info(f"Wrote {out}: {files}. Load it with {name}.from_pretrained('{out}')")
     return out
 
 

@@ -42,6 +42,9 @@ EVAL_ROWS = (
 )
 
 
+VAE_MODULE = "vae_lit.lit_module.VAELitModule"
+
+
 def model_card(
     config: dict[str, Any],
     metadata: str,
@@ -58,26 +61,42 @@ def model_card(
         facts.append(f"{size}x{size} images, {channels} channel{'s' if channels != 1 else ''}")
     data_name = str(data.get("_target_", "unrecorded data")).rsplit(".", 1)[-1]
     step, epoch = config.get("global_step"), config.get("epoch")
+    module_path, module_class = str(model.get("_target_", VAE_MODULE)).rsplit(".", 1)
+    vq = module_class == "VQVAELitModule"
+    usage = (  # a VQ-VAE samples only through a prior over its codes, trained afterwards
+        ["reconstructions = model.reconstruct(images)  # images: floats in [0, 1], (N, C, H, W)"]
+        if vq
+        else ["images = model.sample(16)  # floats in [0, 1], (16, C, H, W)"]
+    )
+    commands = (
+        "From the command line: `python -m vae_lit.eval ckpt=<this folder>` scores its "
+        "reconstructions and code use on the test split. It samples once a prior over its codes "
+        "is trained from the run's checkpoint: `python -m vae_lit.train_prior ckpt=<.ckpt>`."
+        if vq
+        else "From the command line: `python -m vae_lit.sample ckpt=<this folder>` draws a grid, "
+        "`python -m vae_lit.eval ckpt=<this folder>` scores it on the test split."
+    )
+    kind = "VQ-VAE" if vq else "VAE"
     lines = [
         "---",
         metadata.strip(),
         "---",
         "",
-        f"# A vae-lit VAE: {name}" + (f", {', '.join(facts)}" if facts else ""),
+        f"# A vae-lit {kind}: {name}" + (f", {', '.join(facts)}" if facts else ""),
         "",
-        f"A variational autoencoder trained with vae-lit on {data_name}, saved at step {step} "
-        f"(epoch {epoch}). This folder holds no pickle: `{WEIGHTS_FILE}` (the weights) and "
-        f"`{CONFIG_FILE}` (the resolved model and data configs).",
+        f"A {'vector-quantised' if vq else 'variational'} autoencoder trained with vae-lit on "
+        f"{data_name}, saved at step {step} (epoch {epoch}). This folder holds no pickle: "
+        f"`{WEIGHTS_FILE}` (the weights) and `{CONFIG_FILE}` (the resolved model and data "
+        "configs).",
         "",
         "```python",
-        "from vae_lit.lit_module import VAELitModule",
+        f"from {module_path} import {module_class}",
         "",
-        'model = VAELitModule.from_pretrained("<this folder, or the Hub repo id>")',
-        "images = model.sample(16)  # floats in [0, 1], (16, C, H, W)",
+        f'model = {module_class}.from_pretrained("<this folder, or the Hub repo id>")',
+        *usage,
         "```",
         "",
-        "From the command line: `python -m vae_lit.sample ckpt=<this folder>` draws a grid, "
-        "`python -m vae_lit.eval ckpt=<this folder>` scores it on the test split.",
+        commands,
         "",
     ]
     if sample_image:
@@ -105,7 +124,7 @@ class PretrainedVAE(
     pipeline_tag="unconditional-image-generation",
     tags=["vae", "variational-autoencoder", "pytorch-lightning", "image-generation"],
 ):
-    """save_pretrained / from_pretrained / push_to_hub for a VAELitModule.
+    """save_pretrained / from_pretrained / push_to_hub for a VAELitModule or a VQVAELitModule.
 
     The config that rebuilds the module is `_hub_mixin_config` (the mixin's place for it): set by
     `vae_lit.checkpoint.load_checkpoint` and so by `from_pretrained`; a module built by hand saves

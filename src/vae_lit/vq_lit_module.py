@@ -20,6 +20,7 @@ from vae_lit.errors import UserError
 from vae_lit.likelihoods import Likelihood
 from vae_lit.lit_module import log_reconstruction_quality, optimizers_of, to_float_images
 from vae_lit.models.vqvae import VQVAE
+from vae_lit.pretrained import PretrainedVAE
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ def perplexity(counts: torch.Tensor) -> torch.Tensor:
     return torch.exp(-(p * torch.log(p.clamp(min=1e-30))).sum()).float()
 
 
-class VQVAELitModule(LightningModule):
+class VQVAELitModule(LightningModule, PretrainedVAE):  # save/from_pretrained, push_to_hub
     """A VQ-VAE under Lightning (van den Oord et al. 2017), batches of uint8 images.
 
     Training minimises -log p(x|z_q) + commitment_weight * ||z_e - sg[e]||^2 (+ the codebook loss

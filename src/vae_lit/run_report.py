@@ -148,7 +148,7 @@ def report_run(
     """Print the end-of-run report and write `test_metrics.json` (rank 0 only)."""
     if not trainer.is_global_zero:
         return
-    kind = likelihood_kind(model)
+    kind, vq = likelihood_kind(model), is_vq_model(model)
     callback = trainer.checkpoint_callback
     best = callback.best_model_path if callback and callback.best_model_path else None
     write_test_metrics(output_dir, metrics, kind, best)
@@ -163,9 +163,9 @@ def report_run(
     if test_metrics(metrics):
         latent_dim = getattr(model, "latent_dim", None)
         console.print()
-        console.print(metrics_table(metrics, latent_dim, kind, vq=is_vq_model(model)))
+        console.print(metrics_table(metrics, latent_dim, kind, vq=vq))
     if best:
-        what = "codebook use" if is_vq_model(model) else "IWAE likelihood"
+        what = "codebook use" if vq else "IWAE likelihood"
         console.print(
             f"[bold]More metrics[/] ({what}): python -m vae_lit.eval ckpt={escape(best)}",
             soft_wrap=True,

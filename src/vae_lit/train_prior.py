@@ -39,9 +39,7 @@ def train_prior(cfg: DictConfig) -> dict[str, float]:
         pl.seed_everything(cfg.seed, workers=True)
     ckpt = Path(cfg.ckpt).resolve()
     vqvae, vq_cfg = load_vqvae(ckpt)
-    if (
-        torch.cuda.is_available()
-    ):  # extraction is one pass of the encoder: use a GPU if there is one
+    if torch.cuda.is_available():  # extracting the codes is one encoder pass: on a GPU if any
         vqvae.to("cuda")
 
     def datamodule():

@@ -28,7 +28,7 @@ from torchvision import datasets, transforms
 
 from vae_lit.data import ImageFolderDataModule
 from vae_lit.data.datamodule import resolve_num_workers
-from vae_lit.trainer import map_gpus
+from vae_lit.runs.trainer import map_gpus
 
 ROOT = Path(__file__).resolve().parents[1]
 CELEBA_SAMPLE = ROOT.parent / "shared" / "data" / "celeba_sample" / "img_align_celeba"

@@ -8,7 +8,7 @@ natively) and output width, forward + backward (gradients of input, weight and b
 
 - `plain`: `nn.Upsample(bilinear)` then `nn.Conv2d(32, out, 3, padding=1)` at full size, the seed's
   layer and what `model.net` ran before;
-- `fused`: `vae_lit.models.upsample_conv`, the same function without the upsampled map;
+- `fused`: `vae_lit.networks.upsample_conv`, the same function without the upsampled map;
 - `neighbour`: the decoder's previous conv (64 -> 32 at the small size), the rate the output layer
   would run at if it were an ordinary layer.
 
@@ -28,8 +28,8 @@ from datetime import datetime, timezone
 import torch
 import torch.nn.functional as F
 
-from vae_lit.models.upsample_conv import upsample_conv
-from vae_lit.trainer import auto_precision
+from vae_lit.networks.upsample_conv import upsample_conv
+from vae_lit.runs.trainer import auto_precision
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

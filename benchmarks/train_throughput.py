@@ -28,7 +28,7 @@ One process, one run, one JSON line on stdout (progress goes to stderr). What it
   `trainer.precision` set. `bare_*`: the same module in a hand-written loop, so `trainer_vs_bare`
   is what Lightning costs. With `--compile`, `ours_<precision>_compile[_<mode>]` add
   `model.compile=<mode>` (default precision only). On a GPU, `ours_<precision>_fused_output`
-  also runs the decoder's fused output layer (`vae_lit.models.upsample_conv`, on by default on
+  also runs the decoder's fused output layer (`vae_lit.networks.upsample_conv`, on by default on
   CPU only), to decide whether it should be the default there too.
 
 Data is random uint8 images served by the project's own DataModule (a pool of 512 images indexed
@@ -69,11 +69,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
-import vae_lit.models.upsample_conv as output_layer
+import vae_lit.networks.upsample_conv as output_layer
 from vae_lit.data.datamodule import ImageArrayDataset, ImageDataModule
-from vae_lit.models import ConvVAE
-from vae_lit.train import instantiate_group
-from vae_lit.trainer import auto_precision, build_trainer, map_gpus
+from vae_lit.networks import ConvVAE
+from vae_lit.runs.trainer import auto_precision, build_trainer, instantiate_group, map_gpus
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 AUTOCAST = {"32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}

@@ -11,13 +11,13 @@ import torch
 import yaml
 
 from tests.conftest import CONFIG_DIR, ROOT, TINY, compose_config, run_module
-from vae_lit.callbacks.run_config import CONFIG_KEY
-from vae_lit.checkpoint import load_checkpoint, read_checkpoint
 from vae_lit.errors import UserError
-from vae_lit.eval import log_to_run_loggers
-from vae_lit.resume import newest_readable
+from vae_lit.evaluation.checkpoint_eval import log_to_run_loggers
+from vae_lit.persistence.checkpoint import load_checkpoint, read_checkpoint
+from vae_lit.persistence.file_layout import CONFIG_KEY
+from vae_lit.persistence.trusted_config import LOGGER_TARGETS, check_config
+from vae_lit.runs.resume import newest_readable
 from vae_lit.train import train
-from vae_lit.trusted_config import LOGGER_TARGETS, check_config
 
 SEED_CHECKPOINT = ROOT / "tests" / "data" / "seed_conv_v0.ckpt"
 # torch's own default is weights_only=True; this makes it False wherever a caller leaves it unset,
@@ -165,7 +165,10 @@ def test_real_checkpoints_load_weights_only(tiny_run):
     assert old["state_dict"] and CONFIG_KEY in old
     for path in (SEED_CHECKPOINT, tiny_run[0]):
         module, config = load_checkpoint(path)  # their configs pass the allowlist
-        assert not module.training and config.model._target_ == "vae_lit.lit_module.VAELitModule"
+        assert (
+            not module.training
+            and config.model._target_ == "vae_lit.model.vae_module.VAELitModule"
+        )
 
 
 # -- the config's targets ---------------------------------------------------------------------
@@ -178,7 +181,7 @@ def hostile_configs(box: Path) -> dict[str, tuple[list, object]]:
         "a partial optimizer": (["model", "optimizer"], {**mkdtemp, "_partial_": True}),
         "an _args_ entry": (
             ["model", "net"],
-            {"_target_": "vae_lit.models.ConvVAE", "_args_": [mkdtemp]},
+            {"_target_": "vae_lit.networks.ConvVAE", "_args_": [mkdtemp]},
         ),
         "the data": (["data"], mkdtemp),
         # a module of ours that imports shutil: the allowlist is not a prefix match

@@ -11,7 +11,7 @@ from PIL import Image
 
 from tests.conftest import ROOT, TINY, run_module
 from vae_lit.compare import main, results_table
-from vae_lit.sweep_summary import write_summary
+from vae_lit.runs.sweep_summary import write_summary
 
 
 @pytest.mark.slow
@@ -111,5 +111,5 @@ def test_every_comparison_lists_every_named_model_and_composes_each_job():
         assert sweep.eval_after_train.enabled
         job = compose_with_hydra([f"experiment=compare_{name}", "+experiment@_global_=iwae"])
         assert job.data.image_size == image_size
-        assert job.model.objective._target_ == "vae_lit.objectives.IWAE"
+        assert job.model.objective._target_ == "vae_lit.model.objectives.IWAE"
         assert job.trainer.max_epochs == sweep.trainer.max_epochs  # one budget for every model

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from tests.conftest import CONFIG_DIR, ROOT, compose_config, run_module
 from vae_lit.errors import UserError
-from vae_lit.trainer import map_gpus
+from vae_lit.runs.trainer import map_gpus
 
 OBJECT_GROUPS = ["data", "model", "trainer", "logger", "callbacks"]
 

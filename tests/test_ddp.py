@@ -15,10 +15,10 @@ from pytorch_lightning import Trainer
 
 from tests.conftest import CONFIG_DIR, ROOT, TINY, run_module
 from tests.test_sweep import wandb_runs
-from vae_lit.checkpoint import load_checkpoint
 from vae_lit.errors import UserError
-from vae_lit.lit_module import to_float_images
-from vae_lit.trainer import check_launcher
+from vae_lit.model.vae_module import to_float_images
+from vae_lit.persistence.checkpoint import load_checkpoint
+from vae_lit.runs.trainer import check_launcher
 
 
 def full_split_kl(checkpoint: Path) -> float:

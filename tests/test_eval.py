@@ -7,7 +7,8 @@ import pytest
 
 from tests.conftest import ROOT, TINY, compose_config, run_module
 from vae_lit.errors import UserError
-from vae_lit.eval import evaluate, log_to_run_loggers
+from vae_lit.eval import evaluate
+from vae_lit.evaluation.checkpoint_eval import log_to_run_loggers
 
 EVAL_KEYS = {"neg_elbo", "iwae_nll", "bits_per_dim", "mse", "psnr", "active_units", "latent_dim"}
 

@@ -16,11 +16,12 @@ from PIL import Image
 from safetensors import safe_open
 
 from tests.conftest import ROOT, compose_config, run_module
-from vae_lit.checkpoint import load_checkpoint
 from vae_lit.errors import UserError
-from vae_lit.eval import LOGGED_METRICS, evaluate
+from vae_lit.eval import evaluate
+from vae_lit.evaluation.checkpoint_eval import LOGGED_METRICS
 from vae_lit.export import export
-from vae_lit.lit_module import VAELitModule
+from vae_lit.model.vae_module import VAELitModule
+from vae_lit.persistence.checkpoint import load_checkpoint
 from vae_lit.sample import sample
 
 FILES = {"model.safetensors", "config.json", "README.md", "eval.json", "sample.png"}
@@ -58,7 +59,7 @@ def test_the_folder_holds_weights_config_and_card(exported):
     assert {p.name for p in out.iterdir()} == FILES  # no temporary file left behind
     config = json.loads((out / "config.json").read_text())
     saved = torch.load(ckpt, map_location="cpu", weights_only=True)
-    assert config["model"]["_target_"] == "vae_lit.lit_module.VAELitModule"
+    assert config["model"]["_target_"] == "vae_lit.model.vae_module.VAELitModule"
     assert config["model"]["net"]["latent_dim"] == 4 and config["data"]["image_size"] == 16
     assert config["global_step"] == saved["global_step"] and config["epoch"] == saved["epoch"]
     with safe_open(out / "model.safetensors", framework="pt") as weights:

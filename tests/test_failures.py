@@ -10,7 +10,7 @@ from hydra.core.global_hydra import GlobalHydra
 
 from tests.conftest import CONFIG_DIR, ROOT, TINY, compose_config, run_module
 from vae_lit.callbacks.non_finite_loss import NonFiniteLossError
-from vae_lit.run_dir import LOCK_FILE
+from vae_lit.runs.run_dir import LOCK_FILE
 from vae_lit.train import main, train
 
 

@@ -12,10 +12,10 @@ import torch
 from hydra.utils import instantiate
 
 from tests.conftest import ROOT, TINY, compose_config, run_module
-from vae_lit.checkpoint import load_checkpoint
 from vae_lit.eval import evaluate
 from vae_lit.metrics.foreground_iou import foreground_iou_per_image
-from vae_lit.sweep_summary import TEST_COLUMNS
+from vae_lit.persistence.checkpoint import load_checkpoint
+from vae_lit.runs.sweep_summary import TEST_COLUMNS
 from vae_lit.train import train
 
 NO_LIKELIHOOD = [o for o in TINY if not o.startswith("model/likelihood")]

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from vae_lit.errors import UserError
-from vae_lit.likelihoods import (
+from vae_lit.model.likelihoods import (
     Bernoulli,
     DiscretizedLogistic,
     DiscretizedLogisticMixture,

@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from wandb.proto import wandb_internal_pb2
 
 from tests.conftest import ROOT, TINY, compose_config, run_module
-from vae_lit.loggers import finish_wandb, wandb_credentials_present
+from vae_lit.loggers.wandb_run import finish_wandb, wandb_credentials_present
 from vae_lit.train import train
 
 TINY_WANDB = [o for o in TINY if not o.startswith("logger=")] + ["logger=wandb", "test=false"]
@@ -88,7 +88,7 @@ def no_network(monkeypatch, tmp_path: Path) -> Iterator[dict[str, str]]:
 
 
 def test_without_credentials_a_run_lands_offline_in_its_run_dir(no_network, tmp_path, caplog):
-    caplog.set_level("INFO", logger="vae_lit.loggers")
+    caplog.set_level("INFO", logger="vae_lit.loggers.wandb_run")
     train(compose_config(tmp_path, [*TINY_WANDB, "trainer.max_epochs=2"]))
 
     (run,) = offline_runs(tmp_path)

@@ -6,19 +6,19 @@ import torch
 from torch import nn
 
 from vae_lit.data.sprites import render_sprites, sample_factors
-from vae_lit.likelihoods import Bernoulli
+from vae_lit.model.importance_weighted import importance_weighted_log_likelihood
 from vae_lit.metrics import (
     ActiveUnits,
     count_active_units,
-    importance_weighted_log_likelihood,
     mse_per_image,
     mutual_information_gap,
     psnr_per_image,
 )
 from vae_lit.metrics.fid import FIDUnavailable, fid_metric
-from vae_lit.models import ConvVAE
-from vae_lit.objectives import negative_elbo
-from vae_lit.priors import StandardNormal
+from vae_lit.model.likelihoods import Bernoulli
+from vae_lit.model.objectives import negative_elbo
+from vae_lit.model.priors import StandardNormal
+from vae_lit.networks import ConvVAE
 
 
 @pytest.fixture(scope="module")

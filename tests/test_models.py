@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from vae_lit.errors import UserError
-from vae_lit.models import ConvVAE
-from vae_lit.models.conv_vae import downsampled_sizes
+from vae_lit.networks import ConvVAE
+from vae_lit.networks.conv_vae import downsampled_sizes
 
 
 @pytest.mark.parametrize("size", [16, 17, 28, 31, 33, 64, 150])

@@ -6,10 +6,9 @@ import pytest
 import torch
 
 from vae_lit.errors import UserError
-from vae_lit.kl_schedule import KLSchedule
-from vae_lit.likelihoods import Bernoulli
-from vae_lit.models import ConvVAE
-from vae_lit.objectives import (
+from vae_lit.model.kl_schedule import KLSchedule
+from vae_lit.model.likelihoods import Bernoulli
+from vae_lit.model.objectives import (
     DIPVAE,
     ELBO,
     IWAE,
@@ -18,7 +17,8 @@ from vae_lit.objectives import (
     mmd,
     negative_elbo,
 )
-from vae_lit.priors import MixtureOfGaussians, StandardNormal, gaussian_kl_per_dim
+from vae_lit.model.priors import MixtureOfGaussians, StandardNormal, gaussian_kl_per_dim
+from vae_lit.networks import ConvVAE
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from tests.conftest import ROOT
-from vae_lit.models import ConvVAE
-from vae_lit.models.upsample_conv import fuses, upsample_conv
+from vae_lit.networks import ConvVAE
+from vae_lit.networks.upsample_conv import fuses, upsample_conv
 
 
 def plain(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torch
 from tests.conftest import ROOT, compose_config, run_module
 from tests.test_vqvae import VQ_TINY
 from vae_lit.errors import UserError
-from vae_lit.models.pixelcnn import GatedPixelCNN
+from vae_lit.networks.pixelcnn import GatedPixelCNN
 
 SIDE = 5
 
@@ -121,7 +121,7 @@ def prior_run(tmp_path_factory):
 def test_train_prior_caches_the_codes_and_references_the_vqvae(prior_run, tmp_path, caplog):
     from safetensors import safe_open
 
-    from vae_lit.checkpoint import read_checkpoint
+    from vae_lit.persistence.checkpoint import read_checkpoint
     from vae_lit.train_prior import train_prior
 
     vq_ckpt, prior_dir, metrics = prior_run
@@ -142,7 +142,7 @@ def test_train_prior_caches_the_codes_and_references_the_vqvae(prior_run, tmp_pa
     cfg = compose_config(
         tmp_path, [f"ckpt={vq_ckpt}", *PRIOR_TINY, "trainer.max_epochs=1"], "train_prior"
     )
-    with caplog.at_level("INFO", logger="vae_lit.code_prior"):
+    with caplog.at_level("INFO", logger="vae_lit.model.code_prior"):
         train_prior(cfg)
     assert "Reusing the codes cached in" in caplog.text and cache.stat().st_mtime_ns == mtime
 

@@ -13,9 +13,9 @@ from conftest import TINY, compose_config
 from hydra.utils import instantiate
 
 from vae_lit.errors import find_user_error
-from vae_lit.likelihoods import BernoulliNLL
+from vae_lit.model.likelihoods import BernoulliNLL
+from vae_lit.runs.trainer import map_gpus
 from vae_lit.train import train
-from vae_lit.trainer import map_gpus
 
 # ~960 optimizer steps on 16x16 sprites. Two precisions from one seed still drift apart like two
 # seeds do (about +-1% here), so each side is the mean of two seeded runs.
@@ -114,7 +114,7 @@ def pretend_cpu(monkeypatch, avx512_bf16: bool, amx: bool) -> None:
 def resolved(tmp_path: Path, caplog, *overrides: str) -> tuple[str, str]:
     """(precision, log text) of the default trainer config with `overrides`, as train.py has it."""
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="vae_lit.trainer"):
+    with caplog.at_level(logging.INFO, logger="vae_lit.runs.trainer"):
         trainer_cfg = map_gpus(compose_config(tmp_path, list(overrides)).trainer)
     return trainer_cfg.precision, caplog.text
 

@@ -6,14 +6,14 @@ import pytest
 import torch
 
 from vae_lit.errors import UserError
-from vae_lit.models import ConvVAE
-from vae_lit.priors import (
+from vae_lit.model.priors import (
     MixtureOfGaussians,
     StandardNormal,
     VampPrior,
     diagonal_gaussian_log_prob,
     gaussian_kl_per_dim,
 )
+from vae_lit.networks import ConvVAE
 
 
 def test_kl_is_zero_when_the_posterior_is_the_prior():

@@ -25,13 +25,13 @@ from PIL import Image
 from tests.conftest import CONFIG_DIR, ROOT, TINY, compose_config, run_module
 from vae_lit.callbacks.non_finite_loss import NonFiniteLossError
 from vae_lit.callbacks.run_summary import RUN_SUMMARY_FILE
-from vae_lit.config_checks import run_cli
 from vae_lit.data.cache import load_or_build
 from vae_lit.data.folder import ImageFolderDataModule
 from vae_lit.errors import UserError
-from vae_lit.loggers import why_not_online
-from vae_lit.run_dir import LOCK_FILE
-from vae_lit.sweep_summary import write_summary
+from vae_lit.loggers.wandb_run import why_not_online
+from vae_lit.runs.config_checks import run_cli
+from vae_lit.runs.run_dir import LOCK_FILE
+from vae_lit.runs.sweep_summary import write_summary
 from vae_lit.train import train
 
 ERROR = "vae-lit: error: "
@@ -243,7 +243,7 @@ FILL_UP = """
 import resource, signal, sys
 import numpy as np, torch
 from pathlib import Path
-from vae_lit.atomic_write import AtomicCheckpointIO, write_text_atomic
+from vae_lit.persistence.atomic_write import AtomicCheckpointIO, write_text_atomic
 from vae_lit.callbacks.image_grids import save_png
 from vae_lit.callbacks.generation_gif import write_gif
 folder = Path(sys.argv[1])
@@ -476,7 +476,7 @@ CONFIG_MISTAKES = [
     ("trainer.accelerator=banana", "trainer: You selected an invalid accelerator name"),
     (
         "+model.net.latent_dimm=8",
-        "model.net.latent_dimm is not an argument of vae_lit.models.conv_vae.ConvVAE; did you "
+        "model.net.latent_dimm is not an argument of vae_lit.networks.conv_vae.ConvVAE; did you "
         "mean model.net.latent_dim?",
     ),
     ("model.prior.latent_dim=abc", "model.prior: invalid literal for int() with base 10: 'abc'"),

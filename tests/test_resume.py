@@ -14,7 +14,7 @@ import torch
 from tests.conftest import ROOT, TINY, compose_config, run_module
 from tests.test_sweep import wandb_runs
 from vae_lit.errors import UserError
-from vae_lit.resume import newest_readable
+from vae_lit.runs.resume import newest_readable
 from vae_lit.train import train
 
 EPOCHS = 5

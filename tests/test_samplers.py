@@ -13,7 +13,9 @@ from omegaconf import OmegaConf
 
 from tests.conftest import ROOT, compose_config, run_module
 from vae_lit.errors import UserError
-from vae_lit.samplers import GaussianMixture, TwoStageVAE, fitted_sampler, sampler_paths
+from vae_lit.sampling.fits import fitted_sampler, sampler_paths
+from vae_lit.sampling.gmm import GaussianMixture
+from vae_lit.sampling.two_stage import TwoStageVAE
 
 MEANS = torch.tensor([[-4.0, 0.0], [4.0, 1.0], [0.0, 6.0]])
 STDS = torch.tensor([[1.0, 0.5], [0.7, 1.2], [1.5, 1.0]])
@@ -100,11 +102,13 @@ def vae_ckpt(tiny_run, tmp_path) -> Path:
 
 
 def test_a_sampler_is_fitted_once_saved_beside_the_checkpoint_and_reused(vae_ckpt, caplog):
-    from vae_lit.checkpoint import load_checkpoint
-    from vae_lit.samplers import data_factory
+    from vae_lit.persistence.checkpoint import load_checkpoint
+    from vae_lit.sampling.draws import data_factory
 
     module, run_cfg = load_checkpoint(vae_ckpt)
-    cfg = OmegaConf.create({"_target_": "vae_lit.samplers.GaussianMixture", "num_components": 2})
+    cfg = OmegaConf.create(
+        {"_target_": "vae_lit.sampling.gmm.GaussianMixture", "num_components": 2}
+    )
     fitted = fitted_sampler("gmm", cfg, module, vae_ckpt, data_factory(run_cfg.data))
     tensors, record = sampler_paths(vae_ckpt, "gmm")
     assert tensors.name == "vae.ckpt.gmm.safetensors" and record.name == "vae.ckpt.gmm.json"
@@ -117,7 +121,7 @@ def test_a_sampler_is_fitted_once_saved_beside_the_checkpoint_and_reused(vae_ckp
     def no_data():
         raise AssertionError("a saved sampler must not need the data")
 
-    with caplog.at_level("INFO", logger="vae_lit.samplers"):
+    with caplog.at_level("INFO", logger="vae_lit.sampling.fits"):
         reused = fitted_sampler("gmm", cfg, module, vae_ckpt, no_data)
     assert "Reusing the gmm sampler" in caplog.text and tensors.stat().st_mtime_ns == mtime
     assert torch.equal(reused.log_prob(z), fitted.log_prob(z))

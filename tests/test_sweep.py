@@ -154,7 +154,7 @@ def test_experiments_compose_as_documented():
     assert (celeba.data.image_size, celeba.model.net.image_size) == (150, 150)
     assert (celeba.trainer.max_epochs, celeba.model._target_) == (
         28,
-        "vae_lit.lit_module.VAELitModule",
+        "vae_lit.model.vae_module.VAELitModule",
     )
 
     sweep = compose_with_hydra(["experiment=latent_sweep"])

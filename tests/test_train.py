@@ -6,7 +6,7 @@ import pytest
 from omegaconf import open_dict
 
 from tests.conftest import ROOT, compose_config, run_module
-from vae_lit.checkpoint import load_checkpoint
+from vae_lit.persistence.checkpoint import load_checkpoint
 from vae_lit.train import train
 
 

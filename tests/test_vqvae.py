@@ -9,7 +9,7 @@ import torch
 
 from tests.conftest import compose_config
 from vae_lit.errors import UserError
-from vae_lit.models.vqvae import VQVAE, VectorQuantizer
+from vae_lit.networks.vqvae import VQVAE, VectorQuantizer
 
 # A VQ-VAE small enough for seconds on 2 cores: 16 px images, a 4x4 grid of 32 codes.
 VQ_TINY = [
@@ -212,7 +212,7 @@ def test_training_says_that_samples_need_a_prior(tmp_path: Path, caplog):
     from hydra.utils import instantiate
 
     module = instantiate(compose_config(tmp_path, VQ_TINY).model)
-    with caplog.at_level("INFO", logger="vae_lit.vq_lit_module"):
+    with caplog.at_level("INFO", logger="vae_lit.model.vq_module"):
         module.on_fit_start()
     assert "random codes, not samples" in caplog.text
     assert "python -m vae_lit.train_prior ckpt=" in caplog.text
@@ -220,7 +220,7 @@ def test_training_says_that_samples_need_a_prior(tmp_path: Path, caplog):
 
 
 def test_a_vqvae_checkpoint_reconstructs_and_refuses_to_sample_without_a_prior(vq_run, tmp_path):
-    from vae_lit.checkpoint import load_checkpoint
+    from vae_lit.persistence.checkpoint import load_checkpoint
     from vae_lit.sample import sample
 
     run_dir, _ = vq_run
@@ -234,7 +234,7 @@ def test_a_vqvae_checkpoint_reconstructs_and_refuses_to_sample_without_a_prior(v
 
 
 def test_perplexity_is_the_exponential_of_the_code_entropy():
-    from vae_lit.vq_lit_module import perplexity
+    from vae_lit.model.vq_module import perplexity
 
     assert perplexity(torch.tensor([5, 5, 0, 0])) == pytest.approx(2.0)
     entropy = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))  # counts 3 and 1
@@ -245,7 +245,7 @@ def test_perplexity_is_the_exponential_of_the_code_entropy():
 def test_the_end_of_run_table_does_not_call_a_vqvae_loss_an_elbo(vq_run):
     from rich.console import Console
 
-    from vae_lit.run_report import metrics_table
+    from vae_lit.runs.run_report import metrics_table
 
     _, metrics = vq_run
     console = Console(width=200, record=True)
@@ -255,10 +255,10 @@ def test_the_end_of_run_table_does_not_call_a_vqvae_loss_an_elbo(vq_run):
 
 
 def test_a_vqvae_exports_to_a_model_folder_that_gives_it_back_bit_for_bit(vq_run, tmp_path):
-    from vae_lit.checkpoint import load_checkpoint
     from vae_lit.export import export
-    from vae_lit.lit_module import VAELitModule
-    from vae_lit.vq_lit_module import VQVAELitModule
+    from vae_lit.model.vae_module import VAELitModule
+    from vae_lit.model.vq_module import VQVAELitModule
+    from vae_lit.persistence.checkpoint import load_checkpoint
 
     run_dir, _ = vq_run
     ckpt, out = run_dir / "checkpoints" / "last.ckpt", tmp_path / "exported"

@@ -1,6 +1,6 @@
 """vae-lit: convolutional Variational Autoencoders on image folders, with Lightning and Hydra."""
 
-from vae_lit.resolvers import register_resolvers
+from vae_lit.runs.resolvers import register_resolvers
 
 __version__ = "0.1.0"
 

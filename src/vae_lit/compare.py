@@ -6,7 +6,7 @@ sweep summary), and by hand on any finished sweep dir:
 
     python -m vae_lit.compare logs/compare_sprites32/multiruns/<time> --figure docs/x.png
 
-It reads what the jobs left on disk: the summary rows (`vae_lit.sweep_summary`), each job's
+It reads what the jobs left on disk: the summary rows (`vae_lit.runs.sweep_summary`), each job's
 `eval.json` (`eval_after_train`) and its best checkpoint, from which it draws the samples.
 """
 
@@ -24,11 +24,11 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from PIL import Image, ImageDraw, ImageFont
 
-from vae_lit.atomic_write import atomic_path, write_text_atomic
 from vae_lit.callbacks.image_grids import image_grid
-from vae_lit.checkpoint import load_checkpoint
-from vae_lit.sweep_summary import EVAL_FILE, summary_rows
-from vae_lit.vq_eval import is_vq_model
+from vae_lit.evaluation.vq import is_vq_model
+from vae_lit.persistence.atomic_write import atomic_path, write_text_atomic
+from vae_lit.persistence.checkpoint import load_checkpoint
+from vae_lit.runs.sweep_summary import EVAL_FILE, summary_rows
 
 log = logging.getLogger(__name__)
 

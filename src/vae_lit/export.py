@@ -1,7 +1,8 @@
 """A model folder anyone can load safely: `python -m vae_lit.export ckpt=<.ckpt> out=<dir>`.
 
 Writes `model.safetensors` (weights only), `config.json` (the model's resolved config) and a
-`README.md` model card, in the Hugging Face Hub's layout (see `vae_lit.pretrained`). The card shows
+`README.md` model card, in the Hugging Face Hub's layout (see
+`vae_lit.persistence.pretrained`). The card shows
 the evaluation table when `eval.json` (from `python -m vae_lit.eval`) of this very checkpoint lies
 next to it, and the run's sample grid of the checkpoint's epoch when it is in the run dir; both
 files are copied in. `vae_lit.sample`, `vae_lit.eval`, the notebook and
@@ -18,17 +19,12 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from vae_lit.atomic_write import atomic_path, write_text_atomic
-from vae_lit.checkpoint import load_checkpoint
-from vae_lit.config_checks import run_cli
 from vae_lit.errors import UserError, exit_on_user_error
-from vae_lit.pretrained import (
-    CONFIG_FILE,
-    EVAL_FILE,
-    SAMPLE_FILE,
-    WEIGHTS_FILE,
-    PretrainedVAE,
-)
+from vae_lit.persistence.atomic_write import atomic_path, write_text_atomic
+from vae_lit.persistence.checkpoint import load_checkpoint
+from vae_lit.persistence.file_layout import CONFIG_FILE, WEIGHTS_FILE
+from vae_lit.persistence.pretrained import EVAL_FILE, SAMPLE_FILE, PretrainedVAE
+from vae_lit.runs.config_checks import run_cli
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,6 @@ import math
 import sys
 import time
 import warnings
-from typing import Any
 
 import hydra
 import pytorch_lightning as pl
@@ -21,20 +20,20 @@ from pytorch_lightning import Callback
 from pytorch_lightning.loggers import Logger
 from pytorch_lightning.utilities import rank_zero_only
 
-from vae_lit.atomic_write import use_atomic_checkpoints
 from vae_lit.callbacks.non_finite_loss import NonFiniteLossError
 from vae_lit.callbacks.resumed_optimizer import ConfiguredOptimizerSettings
 from vae_lit.callbacks.run_config import RunConfigInCheckpoint
 from vae_lit.callbacks.run_summary import RunSummary
-from vae_lit.config_checks import check_config, run_cli
 from vae_lit.errors import UserError, find_user_error
-from vae_lit.eval import evaluate_after_training
-from vae_lit.loggers import finish_wandb
-from vae_lit.resume import resume_path
-from vae_lit.run_dir import RunStarted, claim, is_main_process, refuse_overwrite, release
-from vae_lit.run_report import report_run
-from vae_lit.stops import stop_error
-from vae_lit.trainer import check_launcher, map_gpus
+from vae_lit.evaluation.checkpoint_eval import evaluate_after_training
+from vae_lit.loggers.wandb_run import finish_wandb
+from vae_lit.persistence.atomic_write import use_atomic_checkpoints
+from vae_lit.runs.config_checks import check_config, run_cli
+from vae_lit.runs.resume import resume_path
+from vae_lit.runs.run_dir import RunStarted, claim, is_main_process, refuse_overwrite, release
+from vae_lit.runs.run_report import report_run
+from vae_lit.runs.stops import stop_error
+from vae_lit.runs.trainer import check_launcher, instantiate_group, map_gpus
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +54,6 @@ warnings.filterwarnings(
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
     lambda record: "litlogger" not in record.getMessage()
 )
-
-
-def instantiate_group(group: DictConfig | None) -> list[Any]:
-    """Build every entry of a config group that holds several objects (callbacks, loggers)."""
-    if not group:
-        return []
-    return [instantiate(entry) for entry in group.values() if entry and "_target_" in entry]
 
 
 def train(cfg: DictConfig) -> dict[str, float]:

@@ -16,13 +16,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vae_lit.callbacks.run_config import RunConfigInCheckpoint
-from vae_lit.code_prior import cached_codes, code_loader, load_vqvae
-from vae_lit.config_checks import run_cli
 from vae_lit.errors import UserError, exit_on_user_error
-from vae_lit.loggers import finish_wandb
-from vae_lit.samplers import fingerprint
-from vae_lit.train import instantiate_group
-from vae_lit.trainer import build_trainer
+from vae_lit.loggers.wandb_run import finish_wandb
+from vae_lit.model.code_prior import cached_codes, code_loader, load_vqvae
+from vae_lit.persistence.fingerprint import fingerprint
+from vae_lit.runs.config_checks import run_cli
+from vae_lit.runs.trainer import build_trainer, instantiate_group
 
 log = logging.getLogger(__name__)
 

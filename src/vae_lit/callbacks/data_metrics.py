@@ -13,9 +13,9 @@ from pytorch_lightning import Callback, LightningModule, Trainer
 
 from vae_lit.data.sprites import FACTOR_NAMES
 from vae_lit.data.sprites_datamodule import SpritesDataModule
-from vae_lit.lit_module import to_float_images
 from vae_lit.metrics.foreground_iou import foreground_iou_per_image
 from vae_lit.metrics.mig import NUM_BINS, factor_gaps
+from vae_lit.model.vae_module import to_float_images
 
 
 class DataMetrics(Callback):

@@ -15,13 +15,15 @@ from PIL import Image
 from pytorch_lightning import LightningModule, Trainer
 from pytorch_lightning.utilities import rank_zero_warn
 
-from vae_lit.atomic_write import write_bytes_atomic
 from vae_lit.callbacks.image_grids import (
     EpochPictures,
+    check_temperature,
     draw_label,
     image_grid,
+    tempered_latents,
 )
-from vae_lit.loggers import log_gif
+from vae_lit.loggers.media import log_gif
+from vae_lit.persistence.atomic_write import write_bytes_atomic
 
 
 def write_gif(frames: list[np.ndarray], path: Path, frame_ms: int) -> None:
@@ -52,8 +54,10 @@ class GenerationGIF(EpochPictures):
         nrow: int = 8,
         seed: int = 0,
         frame_ms: int = 500,
+        temperature: float = 1.0,
     ):
         super().__init__(output_dir)
+        self.temperature = check_temperature(temperature, "generation_gif")
         self.path = self.output_dir / filename
         self.num_samples, self.nrow, self.seed, self.frame_ms = num_samples, nrow, seed, frame_ms
         self.latents = None
@@ -63,7 +67,7 @@ class GenerationGIF(EpochPictures):
     def draw(self, trainer: Trainer, pl_module: LightningModule, epoch: int) -> None:
         # drawn anew each time from the same seed: the same points under N(0, I), and the points
         # of the current prior when it is learned
-        self.latents = pl_module.sample_latents(self.num_samples, self.seed)
+        self.latents = tempered_latents(pl_module, self.num_samples, self.seed, self.temperature)
         grid = image_grid(pl_module.decode(self.latents.to(pl_module.device)), self.nrow)
         if self.frames and self.frames[0].shape != grid.shape:
             rank_zero_warn(

@@ -15,9 +15,10 @@ from PIL import Image, ImageDraw, ImageFont
 from pytorch_lightning import Callback, LightningModule, Trainer
 from torchvision.utils import make_grid
 
-from vae_lit.atomic_write import atomic_path
-from vae_lit.lit_module import to_float_images
-from vae_lit.loggers import log_image
+from vae_lit.errors import UserError
+from vae_lit.loggers.media import log_image
+from vae_lit.model.vae_module import to_float_images
+from vae_lit.persistence.atomic_write import atomic_path
 
 GRID_PADDING = 2  # pixels between images, white
 
@@ -124,6 +125,19 @@ class EpochPictures(Callback):
             self.draw(trainer, pl_module, epoch)
 
 
+def check_temperature(value: float, name: str) -> float:
+    if not (isinstance(value, int | float) and 0 < float(value) < float("inf")):
+        raise UserError(f"callbacks.{name}.temperature={value} must be a number > 0, e.g. 0.8")
+    return float(value)
+
+
+def tempered_latents(pl_module: LightningModule, n: int, seed: int, temperature: float):
+    """The model's latents of `seed`, at `temperature` when it is not 1."""
+    if temperature == 1.0:
+        return pl_module.sample_latents(n, seed)
+    return pl_module.sample_latents(n, seed, temperature=temperature)
+
+
 class ReconstructionGrid(EpochPictures):
     """A row of fixed validation images above the row of their reconstructions."""
 
@@ -143,17 +157,26 @@ class ReconstructionGrid(EpochPictures):
 
 
 class SampleGrid(EpochPictures):
-    """Decoded images of a fixed batch of latent points z ~ N(0, I)."""
+    """Decoded images of a fixed batch of latent points z ~ N(0, I), at `temperature` (the prior's
+    standard deviations times it: < 1 draws fewer, cleaner images)."""
 
-    def __init__(self, output_dir: str, num_samples: int = 64, nrow: int = 8, seed: int = 0):
+    def __init__(
+        self,
+        output_dir: str,
+        num_samples: int = 64,
+        nrow: int = 8,
+        seed: int = 0,
+        temperature: float = 1.0,
+    ):
         super().__init__(output_dir)
         self.num_samples, self.nrow, self.seed = num_samples, nrow, seed
+        self.temperature = check_temperature(temperature, "sample_grid")
         self.latents: torch.Tensor | None = None
 
     def draw(self, trainer: Trainer, pl_module: LightningModule, epoch: int) -> None:
         # drawn anew each time from the same seed: the same points under N(0, I), and the points
         # of the current prior when it is learned
-        self.latents = pl_module.sample_latents(self.num_samples, self.seed)
+        self.latents = tempered_latents(pl_module, self.num_samples, self.seed, self.temperature)
         samples = pl_module.decode(self.latents.to(pl_module.device))
         picture = image_grid(samples, self.nrow)
         label = getattr(pl_module, "sample_label", None)  # a VQ-VAE: random codes, not samples
@@ -161,3 +184,26 @@ class SampleGrid(EpochPictures):
             picture = draw_label(picture, label)
         save_png(picture, self.output_dir / f"sample_{epoch}.png")
         log_image(trainer, "sample", picture, f"epoch {epoch}" + (f": {label}" if label else ""))
+
+
+class PriorSampleGrid(EpochPictures):
+    """Every epoch: code grids drawn from the prior (the same seed each time), decoded by the
+    VQ-VAE, as `prior_sample_{epoch}.png`."""
+
+    def __init__(
+        self,
+        output_dir: str,
+        num_samples: int = 64,
+        nrow: int = 8,
+        seed: int = 0,
+        temperature: float = 1.0,
+    ):
+        super().__init__(output_dir)
+        self.num_samples, self.nrow, self.seed = num_samples, nrow, seed
+        self.temperature = temperature
+
+    def draw(self, trainer: Trainer, pl_module: LightningModule, epoch: int) -> None:
+        codes = pl_module.sample_latents(self.num_samples, self.seed, self.temperature)
+        picture = image_grid(pl_module.decode(codes), self.nrow)
+        save_png(picture, self.output_dir / f"prior_sample_{epoch}.png")
+        log_image(trainer, "prior_sample", picture, f"epoch {epoch}")

@@ -13,8 +13,8 @@ from vae_lit.callbacks.image_grids import (
     image_grid,
     save_png,
 )
-from vae_lit.lit_module import to_float_images
-from vae_lit.loggers import log_image
+from vae_lit.loggers.media import log_image
+from vae_lit.model.vae_module import to_float_images
 
 
 def lerp(a: torch.Tensor, b: torch.Tensor, steps: int) -> torch.Tensor:

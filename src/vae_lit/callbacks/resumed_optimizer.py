@@ -12,7 +12,7 @@ from typing import Any
 
 from pytorch_lightning import Callback, LightningModule, Trainer
 
-from vae_lit.callbacks.run_config import CONFIG_KEY
+from vae_lit.persistence.file_layout import CONFIG_KEY
 
 log = logging.getLogger(__name__)
 

@@ -1,11 +1,11 @@
 """Store the run's resolved Hydra config in every checkpoint, so a checkpoint alone rebuilds its
-model and data (see `vae_lit.checkpoint`)."""
+model and data (see `vae_lit.persistence.checkpoint`)."""
 
 from typing import Any
 
 from pytorch_lightning import Callback, LightningModule, Trainer
 
-CONFIG_KEY = "vae_lit_config"
+from vae_lit.persistence.file_layout import CONFIG_KEY
 
 
 class RunConfigInCheckpoint(Callback):

@@ -17,7 +17,7 @@ from pytorch_lightning import Callback, LightningModule, Trainer
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from vae_lit.atomic_write import write_text_atomic
+from vae_lit.persistence.atomic_write import write_text_atomic
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Scoring a trained model: likelihood bounds, reconstructions, code use, sampler fits."""

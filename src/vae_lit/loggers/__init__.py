@@ -1,0 +1,1 @@
+"""Loggers the `logger` config group builds, and pictures sent to them."""

@@ -1,0 +1,1 @@
+"""Files a model lives in: checkpoints, model folders, the config allowlist, atomic writes."""

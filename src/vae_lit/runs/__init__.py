@@ -1,0 +1,1 @@
+"""Run plumbing: config checks, the Trainer, run dirs and resume, stops, reports, sweeps."""

@@ -9,9 +9,9 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from conftest import ROOT, TINY, compose_config
-from seed_loss import SeedLossModule
 from hydra.utils import instantiate
 from pytorch_lightning import Callback
+from seed_loss import SeedLossModule
 
 from vae_lit.eval import evaluate
 from vae_lit.persistence.checkpoint import load_checkpoint

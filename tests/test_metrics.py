@@ -6,7 +6,6 @@ import torch
 from torch import nn
 
 from vae_lit.data.sprites import render_sprites, sample_factors
-from vae_lit.model.importance_weighted import importance_weighted_log_likelihood
 from vae_lit.metrics import (
     ActiveUnits,
     count_active_units,
@@ -15,6 +14,7 @@ from vae_lit.metrics import (
     psnr_per_image,
 )
 from vae_lit.metrics.fid import FIDUnavailable, fid_metric
+from vae_lit.model.importance_weighted import importance_weighted_log_likelihood
 from vae_lit.model.likelihoods import Bernoulli
 from vae_lit.model.objectives import negative_elbo
 from vae_lit.model.priors import StandardNormal

@@ -245,7 +245,7 @@ class HierarchicalVAELitModule(LightningModule, PretrainedVAE):  # save/from_pre
         else:
             optimizer.step()
             self.update_ema()
-        warmup.step()
+            warmup.step()  # the warm-up counts applied updates
         self.log_dict(
             {
                 "train/grad_norm": norm.detach().float(),

@@ -161,9 +161,9 @@ class HierarchicalVAE(nn.Module):
         width: int = 64,
         bottleneck_ratio: float = 0.25,
         latent_channels: int = 8,
-        encoder_blocks: list[int] = (1, 1, 1, 1, 1),
+        encoder_blocks: list[int] = (0, 1, 1, 1, 1),
         latent_layers: list[int] = (0, 1, 2, 2, 2),
-        decoder_blocks: list[int] = (1, 0, 0, 0, 0),
+        decoder_blocks: list[int] = (0, 0, 0, 0, 0),
         checkpoint_blocks: bool = False,
     ):
         super().__init__()
@@ -224,7 +224,8 @@ class HierarchicalVAE(nn.Module):
                     )
                 )
             )
-        self.output = nn.Conv2d(width, out_channels, 1)
+        # 3x3: after a nearest upsampling, a 1x1 output would repeat each value over 2x2 pixels
+        self.output = nn.Conv2d(width, out_channels, 3, padding=1)
         self.latent_shapes = [
             (self.latent_channels, size, size)
             for size, n in reversed(list(zip(self.sizes, latent_layers, strict=True)))

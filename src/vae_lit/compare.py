@@ -26,6 +26,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from vae_lit.callbacks.image_grids import image_grid
 from vae_lit.evaluation.vq import is_vq_model
+from vae_lit.model.code_prior import CodePriorLitModule
 from vae_lit.persistence.atomic_write import atomic_path, write_text_atomic
 from vae_lit.persistence.checkpoint import load_checkpoint
 from vae_lit.runs.sweep_summary import EVAL_FILE, summary_rows
@@ -35,6 +36,11 @@ log = logging.getLogger(__name__)
 VARIANT_OVERRIDE = "+experiment@_global_="  # how the compare sweeps add a named variant
 FIGURE_FILE = "compare.png"
 TABLE_FILE = "compare.md"
+VQ_PRIOR_NOTE = (
+    "‡ VQ-VAE through its PixelCNN prior (eval_after_train.prior_epochs): -log p(x) <= "
+    "reconstruction NLL - log p(codes), the code length of the image under that prior; no IWAE "
+    "bound (the encoder is deterministic); its samples are the prior's."
+)
 VQ_NOTE = (
     "† VQ-VAE: the negative ELBO under a uniform prior over its codes (van den Oord et al. 2017): "
     "the reconstruction NLL plus (code grid cells) x ln K; its encoder is deterministic, so no "
@@ -82,7 +88,10 @@ def sample_panel(
         images = torch.nn.functional.interpolate(
             images, size=(sample_px, sample_px), mode="bilinear", antialias=True
         )
-    label = " (uniform codes)" if is_vq_model(module) else ""  # no prior to sample from yet
+    # a VQ-VAE without a prior decodes uniform codes; through its prior (eval_after_train.
+    # prior_epochs) the checkpoint is the prior's, and these are its samples
+    uniform = is_vq_model(module) and not isinstance(module, CodePriorLitModule)
+    label = " (uniform codes)" if uniform else ""
     return image_grid(images, nrow), label
 
 
@@ -210,7 +219,11 @@ def results_table(sweep_dirs: str | Path | list[str | Path]) -> str:
         neg_elbo = fmt(row["test neg ELBO"], ".1f")
         bits = f"{bits} ({kind})" if bits else ""
         uniform = vq_uniform_bound(evaluated)
-        if uniform is not None:  # a VQ-VAE: its loss is no ELBO, and it has no IWAE bound
+        if uniform is not None and evaluated.get("nll") is not None:  # through its prior
+            neg_elbo, iwae = f"{evaluated['nll']:.1f} ‡", "n/a"
+            bits = f"{evaluated['bits_per_dim']:.4f} ({kind}) ‡"
+            notes.add(VQ_PRIOR_NOTE)
+        elif uniform is not None:  # a VQ-VAE: its loss is no ELBO, and it has no IWAE bound
             neg_elbo, iwae = f"{uniform[0]:.1f} †", "n/a"
             bits = f"{uniform[1]:.4f} ({kind}) †"
             notes.add(VQ_NOTE)

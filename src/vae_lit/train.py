@@ -9,9 +9,12 @@ import math
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
@@ -26,6 +29,7 @@ from vae_lit.callbacks.run_config import RunConfigInCheckpoint
 from vae_lit.callbacks.run_summary import RunSummary
 from vae_lit.errors import UserError, find_user_error
 from vae_lit.evaluation.checkpoint_eval import evaluate_after_training
+from vae_lit.evaluation.vq import is_vq_model
 from vae_lit.loggers.wandb_run import finish_wandb
 from vae_lit.persistence.atomic_write import use_atomic_checkpoints
 from vae_lit.runs.config_checks import check_config, run_cli
@@ -34,8 +38,11 @@ from vae_lit.runs.run_dir import RunStarted, claim, is_main_process, refuse_over
 from vae_lit.runs.run_report import report_run
 from vae_lit.runs.stops import stop_error
 from vae_lit.runs.trainer import check_launcher, instantiate_group, map_gpus
+from vae_lit.train_prior import train_prior
 
 log = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"  # as @hydra.main's config_path
 
 # configs/hydra/launcher/ keeps the plugins' names, so `hydra/launcher=submitit_slurm` gets the
 # safe settings; Hydra checks such files against the plugin's schema and warns that it does.
@@ -140,6 +147,9 @@ def evaluate_best(
         log.warning("eval_after_train: the run saved no best checkpoint, so no eval.json")
         return
     options = cfg.eval_after_train
+    prior_epochs = int(options.get("prior_epochs") or 0)
+    if prior_epochs > 0 and is_vq_model(trainer.lightning_module):
+        best = train_prior_for_eval(best, cfg.paths.output_dir, prior_epochs, cfg.get("seed"))
     evaluate_after_training(
         best,
         datamodule,
@@ -150,6 +160,31 @@ def evaluate_best(
         seed=cfg.seed if cfg.get("seed") is not None else 0,
         extra={"train_wall_s": train_s, "precision": str(trainer.precision)},
     )
+
+
+def train_prior_for_eval(vqvae_ckpt: str, run_dir: str, epochs: int, seed) -> str:
+    """A VQ-VAE's PixelCNN prior, trained as `python -m vae_lit.train_prior` would into
+    <run dir>/prior (CSV logs, no pictures), so the comparison scores the VQ-VAE through its prior
+    and draws the prior's samples; returns the prior's best checkpoint."""
+    overrides = [
+        f"ckpt={vqvae_ckpt}",
+        f"paths.output_dir={Path(run_dir) / 'prior'}",
+        f"trainer.max_epochs={epochs}",
+        "callbacks=[model_checkpoint]",
+        "logger=csv",
+        *([f"seed={seed}"] if seed is not None else []),
+    ]
+    if GlobalHydra.instance().is_initialized():  # inside `python -m vae_lit.train`
+        prior_cfg = compose(config_name="train_prior", overrides=overrides)
+    else:  # train(cfg) called from Python
+        with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+            prior_cfg = compose(config_name="train_prior", overrides=overrides)
+    log.info(f"eval_after_train: training the VQ-VAE's prior for {epochs} epochs")
+    train_prior(prior_cfg)
+    best = sorted((Path(run_dir) / "prior" / "checkpoints").glob("epoch_*.ckpt"))
+    if not best:
+        raise UserError(f"eval_after_train: the prior in {run_dir}/prior saved no checkpoint")
+    return str(best[-1])
 
 
 def in_multirun() -> bool:

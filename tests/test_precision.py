@@ -208,3 +208,22 @@ def test_model_compile_takes_a_mode_and_refuses_others_in_one_line(tmp_path):
     assert str(find_user_error(failure.value)).startswith(
         "model.compile='fast' is unknown; use false, true or one of: default, reduce-overhead"
     )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["conv", "vqvae"])
+def test_model_compile_compiles_what_a_training_step_runs(tmp_path, model):
+    """`nn.Module.compile()` wraps `forward` only; the steps call the encoder and decoder, so a
+    compile of the wrong thing shows as no compiled frame after a training step."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    overrides = [*TINY, "model.net.hidden_channels=[8,16]", "model.compile=true"]
+    if model == "vqvae":
+        overrides += ["model=vqvae", "model.net.quantizer.num_codes=16"]
+        overrides = [o for o in overrides if not o.startswith("model.net.latent_dim")]
+    overrides += ["trainer.max_steps=2", "trainer.limit_val_batches=0", "test=false"]
+    train(compose_config(tmp_path, [*overrides, "callbacks=none", "logger=none"]))
+    assert counters["stats"]["unique_graphs"] >= 2, dict(counters["stats"])  # encoder, decoder
+    assert not counters["graph_break"], dict(counters["graph_break"])

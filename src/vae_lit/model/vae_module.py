@@ -48,6 +48,21 @@ def log_reconstruction_quality(
     )
 
 
+def compile_networks(net: nn.Module, mode: str) -> list[str]:
+    """torch.compile the parts a step runs, in place (parameter names, so checkpoints, stay).
+    `nn.Module.compile()` wraps `forward` only, and the steps call `net.encode`/`net.decode`, which
+    run `net.encoder`/`net.decoder`: those are compiled, or `net` itself when it has neither.
+    Returns the names of what was compiled."""
+    parts = {
+        name: getattr(net, name)
+        for name in ("encoder", "decoder")
+        if isinstance(getattr(net, name, None), nn.Module)
+    }
+    for part in (parts or {"net": net}).values():
+        part.compile(mode=mode)
+    return list(parts or ["net"])
+
+
 def optimizers_of(module: LightningModule, optimizer_factory: Callable, scheduler_factory):
     """What `configure_optimizers` returns: the optimizer over the module's parameters and, when
     configured, its scheduler stepped each epoch on val/loss (which ReduceLROnPlateau reads)."""
@@ -263,8 +278,7 @@ class VAELitModule(LightningModule, PretrainedVAE):  # save/from_pretrained, pus
     def setup(self, stage: str) -> None:
         # Only when fitting: evaluating or sampling a checkpoint should not wait for a compile.
         if self.compile_net and stage == "fit":
-            # in place: parameter names, and so checkpoints, do not change
-            self.net.compile(mode=self.compile_net)
+            compile_networks(self.net, self.compile_net)
 
     def configure_optimizers(self):
         return optimizers_of(self, self.optimizer_factory, self.scheduler_factory)

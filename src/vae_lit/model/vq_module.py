@@ -18,7 +18,12 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from vae_lit.errors import UserError
 from vae_lit.model.likelihoods import Likelihood
-from vae_lit.model.vae_module import log_reconstruction_quality, optimizers_of, to_float_images
+from vae_lit.model.vae_module import (
+    compile_networks,
+    log_reconstruction_quality,
+    optimizers_of,
+    to_float_images,
+)
 from vae_lit.networks.vqvae import VQVAE
 from vae_lit.persistence.pretrained import PretrainedVAE
 
@@ -233,7 +238,8 @@ class VQVAELitModule(LightningModule, PretrainedVAE):  # save/from_pretrained, p
 
     def setup(self, stage: str) -> None:
         if self.compile_net and stage == "fit":
-            self.net.compile()
+            # encoder and decoder: the quantizer's codebook update would break the graph anyway
+            compile_networks(self.net, "default")
 
     def configure_optimizers(self):
         return optimizers_of(self, self.optimizer_factory, self.scheduler_factory)

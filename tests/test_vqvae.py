@@ -324,3 +324,15 @@ def test_a_training_step_of_the_quantizer_never_waits_for_the_device(kind):
             out = quantizer(z_e)
             (out.quantized.sum() + out.commitment.sum() + out.codebook_loss.sum()).backward()
     assert mode.seen == []
+
+
+def test_a_training_step_of_the_vqvae_module_never_waits_for_the_device(tmp_path: Path):
+    from hydra.utils import instantiate
+
+    torch.manual_seed(0)
+    module = instantiate(compose_config(tmp_path, VQ_TINY).model).train()
+    batch = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+    with WaitsForTheDevice() as mode:
+        for _ in range(2):
+            module.model_step(batch, "train")["loss"].backward()
+    assert mode.seen == []

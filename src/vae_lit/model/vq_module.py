@@ -178,7 +178,10 @@ class VQVAELitModule(LightningModule, PretrainedVAE):  # save/from_pretrained, p
         return {"loss": loss, "images": images, "codes": out.quantized.codes, "params": out.params}
 
     def count_codes(self, stage: str, codes: torch.Tensor) -> None:
-        counts = torch.bincount(codes.flatten(), minlength=self.num_codes)
+        codes = codes.flatten()
+        # index_add_, not bincount: bincount reads the codes' range back to the host every step
+        counts = torch.zeros(self.num_codes, dtype=torch.long, device=codes.device)
+        counts.index_add_(0, codes, torch.ones_like(codes))
         if stage in self.code_counts:
             self.code_counts[stage] += counts
         else:

@@ -227,3 +227,30 @@ def test_model_compile_compiles_what_a_training_step_runs(tmp_path, model):
     train(compose_config(tmp_path, [*overrides, "callbacks=none", "logger=none"]))
     assert counters["stats"]["unique_graphs"] >= 2, dict(counters["stats"])  # encoder, decoder
     assert not counters["graph_break"], dict(counters["graph_break"])
+
+
+def test_deterministic_on_cuda_runs_as_warn_and_says_why(monkeypatch, tmp_path, caplog):
+    """Bilinear upsampling, in every network, has no deterministic CUDA backward: `true` would
+    fail at the first backward of a GPU run."""
+    pretend_gpus(monkeypatch, [(9, 0)])
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="vae_lit.runs.trainer"):
+        gpu = map_gpus(
+            compose_config(tmp_path, ["trainer.gpus=1", "trainer.deterministic=true"]).trainer
+        )
+    assert gpu.deterministic == "warn" and gpu.benchmark is False
+    assert "trainer.deterministic=true on CUDA runs as 'warn': bilinear upsampling" in caplog.text
+    cpu = map_gpus(compose_config(tmp_path, ["trainer=cpu", "trainer.deterministic=true"]).trainer)
+    assert cpu.deterministic is True
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_bilinear_upsampling_has_no_deterministic_cuda_backward():
+    """Why the rule above exists; if a torch release adds the kernel, the rule can go."""
+    x = torch.randn(1, 1, 4, 4, device="cuda", requires_grad=True)
+    torch.use_deterministic_algorithms(True)
+    try:
+        with pytest.raises(RuntimeError, match="does not have a deterministic implementation"):
+            F.interpolate(x, size=(7, 7), mode="bilinear").sum().backward()
+    finally:
+        torch.use_deterministic_algorithms(False)

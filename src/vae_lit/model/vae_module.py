@@ -1,10 +1,12 @@
 """Training logic: one shared step for train/val/test that wires the four ingredients (network,
 likelihood, objective, prior); it knows none of their insides."""
 
+import logging
 from collections.abc import Callable
 
 import torch
 from pytorch_lightning import LightningModule
+from pytorch_lightning.utilities import rank_zero_only
 from torch import nn
 
 from vae_lit.errors import UserError
@@ -22,6 +24,8 @@ from vae_lit.model.objectives import (
 )
 from vae_lit.model.priors import Prior, StandardNormal
 from vae_lit.persistence.pretrained import PretrainedVAE
+
+log = logging.getLogger(__name__)
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
@@ -63,10 +67,32 @@ def compile_networks(net: nn.Module, mode: str) -> list[str]:
     return list(parts or ["net"])
 
 
+def unfused_to_clip(module: LightningModule, optimizer_factory: Callable) -> dict[str, bool]:
+    """`{"fused": False}` when gradients are clipped under fp16's gradient scaler, else `{}`.
+
+    A fused optimizer unscales fp16 gradients inside its own step, after Lightning would clip them,
+    so Lightning refuses to clip (a V100 or T4, where precision=auto picks 16-mixed). The unfused
+    (foreach) Adam is unscaled before clipping, at the cost of a few more kernels per step."""
+    trainer = module._trainer
+    keywords = getattr(optimizer_factory, "keywords", {})
+    if trainer is None or not keywords.get("fused") or not trainer.gradient_clip_val:
+        return {}
+    if getattr(trainer.precision_plugin, "scaler", None) is None:
+        return {}
+    if rank_zero_only.rank == 0:
+        log.info(
+            f"trainer.gradient_clip_val={trainer.gradient_clip_val} under {trainer.precision}: "
+            "the optimizer runs unfused, since a fused one unscales fp16 gradients after clipping"
+        )
+    return {"fused": False}
+
+
 def optimizers_of(module: LightningModule, optimizer_factory: Callable, scheduler_factory):
     """What `configure_optimizers` returns: the optimizer over the module's parameters and, when
     configured, its scheduler stepped each epoch on val/loss (which ReduceLROnPlateau reads)."""
-    optimizer = optimizer_factory(params=module.parameters())
+    optimizer = optimizer_factory(
+        params=module.parameters(), **unfused_to_clip(module, optimizer_factory)
+    )
     if scheduler_factory is None:
         return optimizer
     scheduler = scheduler_factory(optimizer=optimizer)

@@ -34,6 +34,15 @@ def map_gpus(trainer_cfg: DictConfig) -> DictConfig:
         else:
             cfg["accelerator"], cfg["devices"] = "gpu", gpus
     check_accelerator(cfg.get("accelerator"), cfg.get("devices"), gpus)
+    if cfg.get("deterministic") is True and uses_cuda(cfg.get("accelerator")):
+        # every network upsamples bilinearly, and that has no deterministic CUDA backward: `true`
+        # would stop at the first backward; "warn" keeps every other op deterministic
+        cfg["deterministic"] = "warn"
+        if rank_zero_only.rank == 0:
+            log.warning(
+                "trainer.deterministic=true on CUDA runs as 'warn': bilinear upsampling has no "
+                "deterministic CUDA backward, so runs repeat closely but not bit for bit"
+            )
     if "benchmark" in cfg and cfg["benchmark"] is None:
         # cuDNN times its convolution algorithms once per shape and keeps the fastest; training
         # shapes are fixed (the training loader drops a last partial batch). Not when asked for

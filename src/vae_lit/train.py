@@ -142,7 +142,7 @@ def evaluate_best(
     options = cfg.eval_after_train
     evaluate_after_training(
         best,
-        datamodule,
+        whole_test_split(cfg, trainer, datamodule),
         cfg.paths.output_dir,
         trainer.strategy.root_device,
         k=int(options.k),
@@ -150,6 +150,19 @@ def evaluate_best(
         seed=cfg.seed if cfg.get("seed") is not None else 0,
         extra={"train_wall_s": train_s, "precision": str(trainer.precision)},
     )
+
+
+def whole_test_split(
+    cfg: DictConfig, trainer: pl.Trainer, datamodule: pl.LightningDataModule
+) -> pl.LightningDataModule:
+    """A datamodule whose test loader serves the whole test split. Under DDP rank 0's own serves
+    its share (data.on_device cuts batches by rank), and under ddp_spawn this process never set
+    its own up: a fresh one, outside the trainer, in host memory (the evaluation moves batches)."""
+    if trainer.world_size == 1:
+        return datamodule
+    fresh = instantiate(cfg.data, **({"on_device": False} if "on_device" in cfg.data else {}))
+    fresh.setup("test")
+    return fresh
 
 
 def in_multirun() -> bool:

@@ -96,7 +96,14 @@ def test_channels_last_module_gives_the_nchw_numbers_and_nchw_images(tmp_path: P
 
 def pretend_gpus(monkeypatch, capabilities: list[tuple[int, int]]) -> None:
     """torch's CUDA queries answer as a machine with these GPUs would."""
-    names = {(7, 0): "Tesla V100", (7, 5): "Tesla T4", (8, 0): "A100", (9, 0): "H100"}
+    names = {
+        (6, 0): "Tesla P100",
+        (6, 1): "GeForce GTX 1080",
+        (7, 0): "Tesla V100",
+        (7, 5): "Tesla T4",
+        (8, 0): "A100",
+        (9, 0): "H100",
+    }
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: len(capabilities))
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=0: capabilities[i])
@@ -122,6 +129,8 @@ def resolved(tmp_path: Path, caplog, *overrides: str) -> tuple[str, str]:
 @pytest.mark.parametrize(
     ("capability", "expected", "reason"),
     [
+        ((6, 0), "32-true", "Tesla P100 (compute capability 6.0) has no fp16 tensor cores"),
+        ((6, 1), "32-true", "GeForce GTX 1080 (compute capability 6.1) has no fp16 tensor"),
         ((7, 0), "16-mixed", "Tesla V100 (compute capability 7.0) has no native bf16"),
         ((7, 5), "16-mixed", "Tesla T4 (compute capability 7.5) has no native bf16"),
         ((8, 0), "bf16-mixed", "A100 (compute capability 8.0) has bf16 tensor cores"),

@@ -65,7 +65,8 @@ def map_gpus(trainer_cfg: DictConfig) -> DictConfig:
 
 def auto_precision(accelerator: Any, devices: Any) -> tuple[str, str]:
     """(precision, why) for `trainer.precision=auto`: bf16-mixed where the hardware computes bf16
-    natively, fp16 with a gradient scaler on CUDA GPUs before Ampere, fp32 elsewhere.
+    natively, fp16 with a gradient scaler on CUDA GPUs with fp16 tensor cores but no bf16 (Volta,
+    Turing), fp32 elsewhere.
 
     `torch.cuda.is_bf16_supported()` says True on a T4 or V100, where bf16 is emulated and its
     convolutions take slow paths, so GPUs are judged by compute capability instead.
@@ -75,6 +76,8 @@ def auto_precision(accelerator: Any, devices: Any) -> tuple[str, str]:
         gpu = f"{name} (compute capability {capability[0]}.{capability[1]})"
         if capability >= (8, 0):
             return "bf16-mixed", f"{gpu} has bf16 tensor cores"
+        if capability < (7, 0):  # P100: no tensor cores; GTX 10xx: fp16 at 1/64 of fp32's rate
+            return "32-true", f"{gpu} has no fp16 tensor cores: fp16 would not be faster"
         return "16-mixed", (
             f"{gpu} has no native bf16; fp16 with a gradient scaler, which a fused optimizer "
             "applies without a host sync"

@@ -263,3 +263,13 @@ def test_bilinear_upsampling_has_no_deterministic_cuda_backward():
             F.interpolate(x, size=(7, 7), mode="bilinear").sum().backward()
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+def test_parallel_sweep_jobs_spread_over_the_gpus(monkeypatch, tmp_path):
+    """joblib runs sweep jobs at once: each one-GPU job on its own GPU, not all on GPU 0."""
+    pretend_gpus(monkeypatch, [(9, 0), (9, 0)])
+    trainer_cfg = compose_config(tmp_path, ["trainer.gpus=1"]).trainer
+    assert [map_gpus(trainer_cfg, parallel_job=j).devices for j in range(3)] == [[0], [1], [0]]
+    assert map_gpus(trainer_cfg).devices == 1  # a single run, or jobs one after another
+    two = compose_config(tmp_path, ["trainer.gpus=2"]).trainer
+    assert map_gpus(two, parallel_job=1).devices == 2  # a job that asks for several: as asked

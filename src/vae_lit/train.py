@@ -4,6 +4,7 @@ Composes the Hydra config, builds datamodule, model, callbacks, loggers and trai
 fits, tests, and returns the metric a sweeper optimises (`optimized_metric`).
 """
 
+import gc
 import logging
 import math
 import sys
@@ -12,6 +13,7 @@ import warnings
 
 import hydra
 import pytorch_lightning as pl
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
@@ -60,7 +62,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (and test) a model as the config says; return the final metrics as floats."""
     check_config(cfg)  # values no run can use: one line, before any data is read or file written
     if not is_main_process():  # Lightning's DDP ranks 1..N work in rank 0's dir, under its lock
-        return fit_and_test(cfg)
+        try:
+            return fit_and_test(cfg)
+        finally:
+            free_device_memory()
     claim(cfg.paths.output_dir)  # a second run into this dir stops here, with one line
     failed = True
     try:
@@ -68,12 +73,33 @@ def train(cfg: DictConfig) -> dict[str, float]:
         failed = False
     finally:
         release(cfg.paths.output_dir, failed=failed)  # a failed start leaves the dir as it was
+        free_device_memory()
     return metrics
+
+
+def free_device_memory() -> None:
+    """A sweep runs job after job in one process (the basic launcher, a joblib worker): the last
+    job's weights, optimizer state and data.on_device copy sit in reference cycles (trainer,
+    callbacks, module) until collected. Collect them and hand the cached blocks back, so the next
+    job starts with the whole GPU."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def parallel_job_number() -> int | None:
+    """This job's number when a sweep runs its jobs at once on this machine (joblib), else None."""
+    if not in_multirun():
+        return None
+    hydra_cfg = HydraConfig.get()
+    launcher = str((hydra_cfg.get("launcher") or {}).get("_target_", ""))
+    return int(hydra_cfg.job.num) if "joblib" in launcher.lower() else None
 
 
 def fit_and_test(cfg: DictConfig) -> dict[str, float]:
     started = time.perf_counter()  # the wall time eval_after_train records
-    trainer_cfg = map_gpus(cfg.trainer)  # fails fast on a missing GPU, before any data is touched
+    # fails fast on a missing GPU, before any data is touched
+    trainer_cfg = map_gpus(cfg.trainer, parallel_job=parallel_job_number())
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
 

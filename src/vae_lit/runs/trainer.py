@@ -21,9 +21,11 @@ from vae_lit.errors import UserError
 log = logging.getLogger(__name__)
 
 
-def map_gpus(trainer_cfg: DictConfig) -> DictConfig:
+def map_gpus(trainer_cfg: DictConfig, parallel_job: int | None = None) -> DictConfig:
     """A copy of the trainer config without `gpus`, its meaning moved to accelerator/devices, and
-    with `precision: auto` replaced by what this machine runs fastest (logged, with the reason)."""
+    with `precision: auto` replaced by what this machine runs fastest (logged, with the reason).
+    `parallel_job`: the job's number in a sweep whose jobs run at once (joblib), which puts a
+    one-GPU job on GPU number `parallel_job % GPUs` instead of every job on GPU 0."""
     cfg = OmegaConf.to_container(trainer_cfg, resolve=True)
     gpus = cfg.pop("gpus", None)
     if gpus is not None:
@@ -34,6 +36,10 @@ def map_gpus(trainer_cfg: DictConfig) -> DictConfig:
         else:
             cfg["accelerator"], cfg["devices"] = "gpu", gpus
     check_accelerator(cfg.get("accelerator"), cfg.get("devices"), gpus)
+    one_gpu = str(cfg.get("devices")) in ("1", "auto") and uses_cuda(cfg.get("accelerator"))
+    if parallel_job is not None and one_gpu and torch.cuda.device_count() > 1:
+        cfg["devices"] = [parallel_job % torch.cuda.device_count()]
+        log.info(f"parallel sweep job {parallel_job} trains on GPU {cfg['devices'][0]}")
     if cfg.get("deterministic") is True and uses_cuda(cfg.get("accelerator")):
         # every network upsamples bilinearly, and that has no deterministic CUDA backward: `true`
         # would stop at the first backward; "warn" keeps every other op deterministic

@@ -8,6 +8,7 @@ re-initialisation, as in Dhariwal et al. 2020, Jukebox), so the whole codebook s
 The losses live outside: the quantizer returns its raw terms, the LightningModule weights them.
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -154,11 +155,10 @@ class VectorQuantizer(nn.Module):
         dead = self.ema_count < self.dead_code_threshold
         if self.dead_code_threshold <= 0:  # re-initialisation is off
             return dead
-        # a candidate row for every code, so the shapes never depend on how many are dead
-        if len(flat) >= self.num_codes:
-            rows = torch.randperm(len(flat), device=flat.device)[: self.num_codes]
-        else:
-            rows = torch.randint(len(flat), (self.num_codes,), device=flat.device)
+        # a candidate row for every code, so the shapes never depend on how many are dead;
+        # distinct rows, repeated only when the batch has fewer vectors than the codebook codes
+        rows = torch.randperm(len(flat), device=flat.device)
+        rows = rows.repeat(math.ceil(self.num_codes / len(flat)))[: self.num_codes]
         new = flat[rows].to(self.embedding.dtype)
         if distributed():
             dist.broadcast(new, src=0)

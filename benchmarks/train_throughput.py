@@ -3,7 +3,8 @@
     python benchmarks/train_throughput.py [--image-size 150] [--batch-sizes 64 ...] [--rounds N]
         [--steps N] [--warmup N] [--compile [MODE ...]] [--override trainer.precision=32-true ...]
 
-One process, one run, one JSON line on stdout (progress goes to stderr). What it measures:
+One process, one run, one JSON line on stdout per batch size (progress goes to stderr). What it
+measures:
 
 - `peak_gflops` / `peak_gflops_bf16` (`_fp16` on GPUs without bf16): on a CPU, the best of several
   large square matmuls through both GEMM libraries PyTorch has (MKL and oneDNN) and of a wide 3x3
@@ -38,7 +39,9 @@ round-robin, each round timing `--steps` steps after `--warmup` untimed ones (CU
 defaults 100 and 10), and reports its best round. `max_round_spread` and `load_avg_1m` say how
 quiet the machine was: a spread well above 1 means the ratios are not to be trusted. On a GPU
 every batch size of `--batch-sizes` (default 64, 256, 1024) gets its own entry in `by_batch`; the
-top-level keys are the first batch size's.
+top-level keys are the first batch size's. With several batch sizes, each one's line is printed as
+soon as it is measured (so a timeout loses only the unfinished one), then the combined line.
+`torch.backends.cudnn.benchmark` is set once at startup, so every path runs alike.
 """
 
 import argparse
@@ -607,9 +610,14 @@ def measure_batch(args, device: torch.device, batch: int, root: Path, peaks: dic
     return result
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None, emit: Callable[[dict], None] | None = None) -> dict:
+    """The result of the first batch size (with `by_batch`); `emit` gets each batch size's line
+    as soon as it is measured, so a run cut short by a timeout keeps what it finished."""
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    # once, before any path: cuDNN picks its fastest algorithm per shape for every path alike
+    # (Lightning's Trainer(benchmark=True), what train.py sets, would switch it on only for ours)
+    torch.backends.cudnn.benchmark = True
     warnings.filterwarnings("ignore")  # self.log outside a Trainer, dataloader worker hints ...
     for name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch", "vae_lit"):
         __import__("logging").getLogger(name).setLevel("ERROR")
@@ -626,6 +634,32 @@ def main(argv: list[str] | None = None) -> dict:
     args.compile = args.compile or []
     peaks = gpu_peaks(device) if gpu else None
 
+    def line(measured: dict, by_batch: dict | None = None) -> dict:
+        return {
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "device": device_name(device),
+            "threads": torch.get_num_threads(),
+            "image_size": args.image_size,
+            **measured,
+            "by_batch": by_batch,
+            "peak_source": "data sheet"
+            if peaks
+            else ("measured" if not gpu else "measured (GPU not in GPU_PEAKS)"),
+            "rounds": args.rounds,
+            "steps_per_round": args.steps,
+            "warmup_steps": args.warmup,
+            "overrides": args.override,
+            "compile_modes": args.compile,
+            "cudnn_benchmark": torch.backends.cudnn.benchmark,
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            "versions": {
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "pytorch_lightning": pl.__version__,
+                **library_versions(),
+            },
+        }
+
     by_batch = {}
     for batch in args.batch_sizes:
         try:
@@ -633,31 +667,11 @@ def main(argv: list[str] | None = None) -> dict:
         except torch.OutOfMemoryError:
             by_batch[str(batch)] = {"batch_size": batch, "error": "out of memory"}
             torch.cuda.empty_cache()
+        if emit is not None:
+            emit(line(by_batch[str(batch)]))
     first = by_batch[str(args.batch_sizes[0])]
-    result = {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "device": device_name(device),
-        "threads": torch.get_num_threads(),
-        "image_size": args.image_size,
-        **first,
-        "by_batch": by_batch if len(by_batch) > 1 else None,
-        "peak_source": "data sheet"
-        if peaks
-        else ("measured" if not gpu else "measured (GPU not in GPU_PEAKS)"),
-        "rounds": args.rounds,
-        "steps_per_round": args.steps,
-        "warmup_steps": args.warmup,
-        "overrides": args.override,
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "pytorch_lightning": pl.__version__,
-            **library_versions(),
-        },
-    }
     shutil.rmtree(root, ignore_errors=True)  # checkpoints, logs and W&B files of the timed runs
-    return result
+    return line(first, by_batch if len(by_batch) > 1 else None)
 
 
 if __name__ == "__main__":
@@ -666,7 +680,16 @@ if __name__ == "__main__":
     sys.stdout.flush()
     json_out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
-    outcome = main()
-    sys.stdout.flush()
-    json_out.write(json.dumps(outcome) + "\n")
-    json_out.flush()
+
+    def write(line: dict) -> None:
+        sys.stdout.flush()
+        json_out.write(json.dumps(line) + "\n")
+        json_out.flush()
+
+    arguments = parse_args()
+    several = len(arguments.batch_sizes or []) > 1 or (
+        arguments.batch_sizes is None and torch.cuda.is_available()
+    )
+    # several batch sizes: one line each as it finishes, then the combined line (`by_batch`)
+    outcome = main(emit=write if several else None)
+    write(outcome)

@@ -121,3 +121,33 @@ def test_two_processes_building_one_cache_both_get_a_correct_cache(tmp_path: Pat
     assert sorted(p.name for p in cache_dir.iterdir() if not p.name.endswith(".lock")) == [
         load(tmp_path / "images", cache_dir, 64).path.name
     ]
+
+
+def test_on_device_copies_a_memory_map_in_chunks_and_refuses_what_cannot_fit(
+    tmp_path, monkeypatch
+):
+    """data.on_device copies the cache chunk by chunk into one tensor (no second whole copy in
+    host memory, in every DDP rank), and a data set the GPU cannot hold is one line, before any
+    allocation. (torch.cuda.mem_get_info answers as a GPU with 1 GiB free would.)"""
+    import torch
+
+    from vae_lit.data import datamodule as dm
+
+    images = np.lib.format.open_memmap(
+        tmp_path / "images.npy", mode="w+", dtype=np.uint8, shape=(10, 3, 4, 4)
+    )
+    images[:] = np.arange(images.size, dtype=np.uint64).reshape(images.shape) % 251
+    images.flush()
+    read_only = np.load(tmp_path / "images.npy", mmap_mode="r")
+    monkeypatch.setattr(dm, "CHUNK_BYTES", 3 * 48)  # 3 images a chunk: 4 chunks, the last short
+    copy = dm.copy_in_chunks(read_only, torch.device("cpu"))
+    assert torch.equal(copy, torch.from_numpy(np.array(read_only)))
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**30, 80 * 2**30))
+    dm.check_fits(2**29, torch.device("cuda", 0))  # half of what is free: fine
+    with pytest.raises(UserError) as failure:
+        dm.check_fits(14 * 2**30, torch.device("cuda", 0))
+    assert str(failure.value) == (
+        "data.on_device=true needs 14.0 GiB on cuda:0 but only 1.0 GiB are free; "
+        "set data.on_device=false (workers feed the GPU)"
+    )

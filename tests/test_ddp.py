@@ -2,6 +2,7 @@
 
 import csv
 import importlib.util
+import json
 import os
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from pytorch_lightning import Trainer
 
-from tests.conftest import CONFIG_DIR, ROOT, TINY, run_module
+from tests.conftest import CONFIG_DIR, ROOT, TINY, compose_config, run_module
 from tests.test_sweep import wandb_runs
 from vae_lit.errors import UserError
 from vae_lit.model.vae_module import to_float_images
@@ -124,3 +125,35 @@ def test_slurm_launcher_asks_one_task_per_gpu_on_every_node(tmp_path: Path, monk
         "#SBATCH --time=90",
         "#SBATCH --signal=USR1@120",  # Lightning's requeue signal, not submitit's USR2
     } <= sbatch
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["trainer.strategy=ddp", "data.on_device=true"],  # rank 0's loader held half the split
+        ["trainer.strategy=ddp_spawn"],  # the parent never set its datamodule up
+    ],
+    ids=["ddp_on_device", "ddp_spawn"],
+)
+def test_eval_after_train_under_ddp_covers_the_whole_test_split(tmp_path: Path, overrides):
+    run_dir = tmp_path / "run"
+    result = run_module(
+        "vae_lit.train",
+        *TINY,
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        *overrides,
+        "test=false",
+        "eval_after_train.enabled=true",
+        "eval_after_train.k=2",
+        f"hydra.run.dir={run_dir}",
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((run_dir / "eval.json").read_text())
+    cfg = compose_config(tmp_path / "compose", TINY)
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("test")
+    assert report["num_images"] == len(datamodule.splits["test"]) > 2

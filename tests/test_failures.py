@@ -106,3 +106,53 @@ def test_an_impossible_config_value_is_one_line_naming_the_key(
     # refused at start: nothing was trained, logged or drawn (the lock is the run dir's own)
     written = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_FILE)
     assert written == [".hydra", "train.log"]
+
+
+def fp16_fit(tmp_path, overrides: list[str], steps: int = 3, **trainer_args):
+    """A few steps under fp16 with its gradient scaler, what precision=auto picks on a V100 or T4
+    (on this CPU through Lightning's plugin: `16-mixed` alone is refused on a CPU)."""
+    from hydra.utils import instantiate
+    from pytorch_lightning import Trainer
+    from pytorch_lightning.plugins.precision import MixedPrecision
+
+    cfg = compose_config(tmp_path, [*TINY, *overrides])
+    torch.manual_seed(0)
+    model, datamodule = instantiate(cfg.model), instantiate(cfg.data)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = Trainer(
+        accelerator="cpu",
+        plugins=[MixedPrecision("16-mixed", "cpu")],
+        max_steps=steps,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        **trainer_args,
+    )
+    trainer.fit(model, datamodule)
+    return trainer, model, before
+
+
+def test_skip_under_fp16_leaves_the_weights_alone_and_the_scaler_skips(tmp_path):
+    from vae_lit.callbacks.non_finite_loss import NonFiniteLoss
+
+    trainer, model, before = fp16_fit(
+        tmp_path,
+        ["model.objective.kl_schedule.beta=inf"],
+        callbacks=[NonFiniteLoss("skip", max_skips=4)],
+    )
+    assert trainer.global_step == 3
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert trainer.precision_plugin.scaler.get_scale() == 2.0**16 / 2**3  # halved per skip
+
+
+def test_gradient_clipping_under_fp16_trains(tmp_path):
+    """The non-finite-loss message recommends trainer.gradient_clip_val; Lightning cannot clip
+    what a fused optimizer unscales itself, so clipping under fp16 runs the unfused Adam."""
+    # the first steps overflow while the scaler finds its scale, then the weights move
+    trainer, model, before = fp16_fit(tmp_path, [], steps=24, gradient_clip_val=0.01)
+    assert trainer.global_step == 24
+    assert trainer.optimizers[0].defaults["fused"] is False
+    weights = model.state_dict()
+    assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+    assert any(not torch.equal(before[k], v) for k, v in weights.items())

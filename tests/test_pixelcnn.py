@@ -208,3 +208,20 @@ def test_train_prior_refuses_a_gaussian_vae(tiny_run, tmp_path):
     cfg = compose_config(tmp_path, [f"ckpt={ckpt}", *PRIOR_TINY], "train_prior")
     with pytest.raises(UserError, match="is not a VQ-VAE checkpoint"):
         train_prior(cfg)
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [({}, 0), ({"LOCAL_RANK": "1"}, 1), ({"SLURM_LOCALID": "3"}, 3), ({"LOCAL_RANK": "5"}, 1)],
+)
+def test_each_ddp_rank_extracts_codes_on_its_own_gpu(monkeypatch, env, expected):
+    """Under DDP every rank runs train_prior's code extraction before Lightning picks devices: on
+    cuda (GPU 0) each would crowd the first card. (The CUDA queries answer as 4 GPUs would.)"""
+    from vae_lit.train_prior import this_process_gpu
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    for name in ("LOCAL_RANK", "SLURM_LOCALID"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert this_process_gpu() == torch.device("cuda", expected)

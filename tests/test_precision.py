@@ -96,7 +96,14 @@ def test_channels_last_module_gives_the_nchw_numbers_and_nchw_images(tmp_path: P
 
 def pretend_gpus(monkeypatch, capabilities: list[tuple[int, int]]) -> None:
     """torch's CUDA queries answer as a machine with these GPUs would."""
-    names = {(7, 0): "Tesla V100", (7, 5): "Tesla T4", (8, 0): "A100", (9, 0): "H100"}
+    names = {
+        (6, 0): "Tesla P100",
+        (6, 1): "GeForce GTX 1080",
+        (7, 0): "Tesla V100",
+        (7, 5): "Tesla T4",
+        (8, 0): "A100",
+        (9, 0): "H100",
+    }
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: len(capabilities))
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=0: capabilities[i])
@@ -122,6 +129,8 @@ def resolved(tmp_path: Path, caplog, *overrides: str) -> tuple[str, str]:
 @pytest.mark.parametrize(
     ("capability", "expected", "reason"),
     [
+        ((6, 0), "32-true", "Tesla P100 (compute capability 6.0) has no fp16 tensor cores"),
+        ((6, 1), "32-true", "GeForce GTX 1080 (compute capability 6.1) has no fp16 tensor"),
         ((7, 0), "16-mixed", "Tesla V100 (compute capability 7.0) has no native bf16"),
         ((7, 5), "16-mixed", "Tesla T4 (compute capability 7.5) has no native bf16"),
         ((8, 0), "bf16-mixed", "A100 (compute capability 8.0) has bf16 tensor cores"),
@@ -208,3 +217,59 @@ def test_model_compile_takes_a_mode_and_refuses_others_in_one_line(tmp_path):
     assert str(find_user_error(failure.value)).startswith(
         "model.compile='fast' is unknown; use false, true or one of: default, reduce-overhead"
     )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["conv", "vqvae"])
+def test_model_compile_compiles_what_a_training_step_runs(tmp_path, model):
+    """`nn.Module.compile()` wraps `forward` only; the steps call the encoder and decoder, so a
+    compile of the wrong thing shows as no compiled frame after a training step."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    overrides = [*TINY, "model.net.hidden_channels=[8,16]", "model.compile=true"]
+    if model == "vqvae":
+        overrides += ["model=vqvae", "model.net.quantizer.num_codes=16"]
+        overrides = [o for o in overrides if not o.startswith("model.net.latent_dim")]
+    overrides += ["trainer.max_steps=2", "trainer.limit_val_batches=0", "test=false"]
+    train(compose_config(tmp_path, [*overrides, "callbacks=none", "logger=none"]))
+    assert counters["stats"]["unique_graphs"] >= 2, dict(counters["stats"])  # encoder, decoder
+    assert not counters["graph_break"], dict(counters["graph_break"])
+
+
+def test_deterministic_on_cuda_runs_as_warn_and_says_why(monkeypatch, tmp_path, caplog):
+    """Bilinear upsampling, in every network, has no deterministic CUDA backward: `true` would
+    fail at the first backward of a GPU run."""
+    pretend_gpus(monkeypatch, [(9, 0)])
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="vae_lit.runs.trainer"):
+        gpu = map_gpus(
+            compose_config(tmp_path, ["trainer.gpus=1", "trainer.deterministic=true"]).trainer
+        )
+    assert gpu.deterministic == "warn" and gpu.benchmark is False
+    assert "trainer.deterministic=true on CUDA runs as 'warn': bilinear upsampling" in caplog.text
+    cpu = map_gpus(compose_config(tmp_path, ["trainer=cpu", "trainer.deterministic=true"]).trainer)
+    assert cpu.deterministic is True
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_bilinear_upsampling_has_no_deterministic_cuda_backward():
+    """Why the rule above exists; if a torch release adds the kernel, the rule can go."""
+    x = torch.randn(1, 1, 4, 4, device="cuda", requires_grad=True)
+    torch.use_deterministic_algorithms(True)
+    try:
+        with pytest.raises(RuntimeError, match="does not have a deterministic implementation"):
+            F.interpolate(x, size=(7, 7), mode="bilinear").sum().backward()
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def test_parallel_sweep_jobs_spread_over_the_gpus(monkeypatch, tmp_path):
+    """joblib runs sweep jobs at once: each one-GPU job on its own GPU, not all on GPU 0."""
+    pretend_gpus(monkeypatch, [(9, 0), (9, 0)])
+    trainer_cfg = compose_config(tmp_path, ["trainer.gpus=1"]).trainer
+    assert [map_gpus(trainer_cfg, parallel_job=j).devices for j in range(3)] == [[0], [1], [0]]
+    assert map_gpus(trainer_cfg).devices == 1  # a single run, or jobs one after another
+    two = compose_config(tmp_path, ["trainer.gpus=2"]).trainer
+    assert map_gpus(two, parallel_job=1).devices == 2  # a job that asks for several: as asked

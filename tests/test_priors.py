@@ -103,6 +103,29 @@ def test_the_normal_prior_draws_what_the_seed_model_drew():
     )
 
 
+class MadeOnTheHost(torch.utils._python_dispatch.TorchDispatchMode):
+    """Every op that makes a tensor on the CPU: a draw there must then be copied to the device."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if torch.is_tensor(out) and out.device.type == "cpu":
+            self.ops.append(func.__name__)
+        return out
+
+
+def test_a_draw_without_a_generator_is_made_on_the_device():
+    """InfoVAE draws from N(0, I) every training step: drawn on the host, each draw would be a
+    blocking host-to-device copy. (The meta device stands in for a GPU.)"""
+    with MadeOnTheHost() as host:
+        z = StandardNormal(4).sample(8, device="meta")
+    assert z.device.type == "meta" and z.shape == (8, 4)
+    assert host.ops == []
+
+
 def test_bad_prior_options_are_one_line():
     with pytest.raises(UserError, match="model.prior.num_components=0"):
         MixtureOfGaussians(3, 0)

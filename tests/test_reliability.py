@@ -469,6 +469,8 @@ CONFIG_MISTAKES = [
     ("model.objective.free_bits=nan", "model.objective.free_bits=nan must be a number >= 0"),
     ("data.image_size=100000", "data.image_size=100000 is too large"),
     ("trainer.precision=banana", "trainer.precision=banana is unknown; use one of: auto,"),
+    ("trainer.precision=bf16-true", "trainer.precision=bf16-true keeps the weights in half"),
+    ("trainer.precision=16-true", "trainer.precision=16-true keeps the weights in half "),
     ("data=nonexistent", "data=nonexistent is not a config; use one of: celeba, folder, sprites"),
     ("model.net.latent_dims=8", "model.net.latent_dims is not a config key; did you mean "),
     ("data.val_fraction=abc", "data.val_fraction=abc must be a number in [0, 1)"),

@@ -277,3 +277,62 @@ def test_a_vqvae_exports_to_a_model_folder_that_gives_it_back_bit_for_bit(vq_run
     eval_overrides = [f"ckpt={out}", "eval.log_to_run=false", f"eval.json={tmp_path / 'e.json'}"]
     metrics = evaluate(compose_config(tmp_path, eval_overrides, "eval"))
     assert 1 <= metrics["perplexity"] <= 32 and metrics["psnr"] > 0
+
+
+def test_codes_chosen_under_bf16_autocast_are_the_fp32_ones():
+    """Autocast runs a matmul in bf16 even after `.float()`: training under bf16-mixed would pick
+    other codes than an fp32 evaluation of the same weights."""
+    torch.manual_seed(0)
+    quantizer = VectorQuantizer(num_codes=512, code_dim=64).eval()
+    with torch.no_grad():
+        quantizer.embedding.copy_(torch.randn(512, 64))
+    z_e = torch.randn(8, 64, 8, 8)
+    fp32 = quantizer(z_e).codes
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(quantizer(z_e).codes, fp32)
+        rounded = z_e.bfloat16()  # a bf16 encoder output: the codes of its exact values
+        assert torch.equal(quantizer(rounded).codes, quantizer(rounded.float()).codes)
+
+
+class WaitsForTheDevice(torch.utils._python_dispatch.TorchDispatchMode):
+    """Ops whose result's size or value a CUDA host must read back before going on: `.item()`,
+    `nonzero` (also behind a boolean index), and `bincount` (which reads its input's range)."""
+
+    SYNCING = {"_local_scalar_dense", "nonzero", "bincount", "masked_select", "unique"}
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.__name__.split(".")[0]
+        indices = args[1] if name in ("index", "index_put", "index_put_") else ()
+        if name in self.SYNCING or any(
+            torch.is_tensor(i) and i.dtype == torch.bool for i in indices or ()
+        ):
+            self.seen.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("kind", ["ema", "loss"])
+def test_a_training_step_of_the_quantizer_never_waits_for_the_device(kind):
+    torch.manual_seed(0)
+    quantizer = VectorQuantizer(num_codes=32, code_dim=4, codebook=kind).train()
+    z_e = torch.randn(2, 4, 4, 4, requires_grad=True)
+    with WaitsForTheDevice() as mode:
+        for _ in range(3):  # some codes die, some are re-initialised
+            out = quantizer(z_e)
+            (out.quantized.sum() + out.commitment.sum() + out.codebook_loss.sum()).backward()
+    assert mode.seen == []
+
+
+def test_a_training_step_of_the_vqvae_module_never_waits_for_the_device(tmp_path: Path):
+    from hydra.utils import instantiate
+
+    torch.manual_seed(0)
+    module = instantiate(compose_config(tmp_path, VQ_TINY).model).train()
+    batch = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+    with WaitsForTheDevice() as mode:
+        for _ in range(2):
+            module.model_step(batch, "train")["loss"].backward()
+    assert mode.seen == []

@@ -4,6 +4,7 @@ Composes the Hydra config, builds datamodule, model, callbacks, loggers and trai
 fits, tests, and returns the metric a sweeper optimises (`optimized_metric`).
 """
 
+import gc
 import logging
 import math
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -67,7 +69,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (and test) a model as the config says; return the final metrics as floats."""
     check_config(cfg)  # values no run can use: one line, before any data is read or file written
     if not is_main_process():  # Lightning's DDP ranks 1..N work in rank 0's dir, under its lock
-        return fit_and_test(cfg)
+        try:
+            return fit_and_test(cfg)
+        finally:
+            free_device_memory()
     claim(cfg.paths.output_dir)  # a second run into this dir stops here, with one line
     failed = True
     try:
@@ -75,12 +80,33 @@ def train(cfg: DictConfig) -> dict[str, float]:
         failed = False
     finally:
         release(cfg.paths.output_dir, failed=failed)  # a failed start leaves the dir as it was
+        free_device_memory()
     return metrics
+
+
+def free_device_memory() -> None:
+    """A sweep runs job after job in one process (the basic launcher, a joblib worker): the last
+    job's weights, optimizer state and data.on_device copy sit in reference cycles (trainer,
+    callbacks, module) until collected. Collect them and hand the cached blocks back, so the next
+    job starts with the whole GPU."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def parallel_job_number() -> int | None:
+    """This job's number when a sweep runs its jobs at once on this machine (joblib), else None."""
+    if not in_multirun():
+        return None
+    hydra_cfg = HydraConfig.get()
+    launcher = str((hydra_cfg.get("launcher") or {}).get("_target_", ""))
+    return int(hydra_cfg.job.num) if "joblib" in launcher.lower() else None
 
 
 def fit_and_test(cfg: DictConfig) -> dict[str, float]:
     started = time.perf_counter()  # the wall time eval_after_train records
-    trainer_cfg = map_gpus(cfg.trainer)  # fails fast on a missing GPU, before any data is touched
+    # fails fast on a missing GPU, before any data is touched
+    trainer_cfg = map_gpus(cfg.trainer, parallel_job=parallel_job_number())
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
 
@@ -152,7 +178,7 @@ def evaluate_best(
         best = train_prior_for_eval(best, cfg.paths.output_dir, prior_epochs, cfg.get("seed"))
     evaluate_after_training(
         best,
-        datamodule,
+        whole_test_split(cfg, trainer, datamodule),
         cfg.paths.output_dir,
         trainer.strategy.root_device,
         k=int(options.k),
@@ -185,6 +211,19 @@ def train_prior_for_eval(vqvae_ckpt: str, run_dir: str, epochs: int, seed) -> st
     if not best:
         raise UserError(f"eval_after_train: the prior in {run_dir}/prior saved no checkpoint")
     return str(best[-1])
+
+
+def whole_test_split(
+    cfg: DictConfig, trainer: pl.Trainer, datamodule: pl.LightningDataModule
+) -> pl.LightningDataModule:
+    """A datamodule whose test loader serves the whole test split. Under DDP rank 0's own serves
+    its share (data.on_device cuts batches by rank), and under ddp_spawn this process never set
+    its own up: a fresh one, outside the trainer, in host memory (the evaluation moves batches)."""
+    if trainer.world_size == 1:
+        return datamodule
+    fresh = instantiate(cfg.data, **({"on_device": False} if "on_device" in cfg.data else {}))
+    fresh.setup("test")
+    return fresh
 
 
 def in_multirun() -> bool:

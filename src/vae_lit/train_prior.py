@@ -7,6 +7,7 @@ take the prior's checkpoint alone.
 """
 
 import logging
+import os
 from pathlib import Path
 
 import hydra
@@ -26,6 +27,13 @@ from vae_lit.runs.trainer import build_trainer, instantiate_group
 log = logging.getLogger(__name__)
 
 
+def this_process_gpu() -> torch.device:
+    """The GPU this process will train on: under DDP each rank its own (LOCAL_RANK, which
+    Lightning's launcher and torchrun set; SLURM_LOCALID under srun), not all of them on GPU 0."""
+    local_rank = os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0"))
+    return torch.device("cuda", int(local_rank) % max(torch.cuda.device_count(), 1))
+
+
 def train_prior(cfg: DictConfig) -> dict[str, float]:
     """Fit (and test) the prior the config describes; return the final metrics as floats."""
     if OmegaConf.is_missing(cfg, "ckpt"):
@@ -39,7 +47,7 @@ def train_prior(cfg: DictConfig) -> dict[str, float]:
     ckpt = Path(cfg.ckpt).resolve()
     vqvae, vq_cfg = load_vqvae(ckpt)
     if torch.cuda.is_available():  # extracting the codes is one encoder pass: on a GPU if any
-        vqvae.to("cuda")
+        vqvae.to(this_process_gpu())
 
     def datamodule():
         log.info(f"Instantiating the VQ-VAE's datamodule <{vq_cfg.data._target_}>")

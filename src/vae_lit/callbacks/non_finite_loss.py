@@ -3,8 +3,8 @@
 Once a loss is not finite, the optimizer step makes every weight NaN, and the next checkpoint
 would be worthless. Raising before any checkpoint is written keeps the last checkpoint good, and
 the message says which step failed and where that checkpoint is. `action=skip` drops the batch's
-update instead (all gradients set to None, so the optimizer leaves weights and moments alone), up
-to `max_skips` times, then stops.
+update instead (all gradients set to None, so the optimizer leaves weights and moments alone; under
+16-mixed set to NaN, so the gradient scaler skips the step), up to `max_skips` times, then stops.
 
 `stop` never reads a loss back per step (a host sync that stalls an accelerator): each step's loss
 is copied into a small buffer on the device, and the buffer is read in one go every
@@ -68,10 +68,20 @@ class NonFiniteLoss(Callback):
             f"({self.skipped} of at most {self.max_skips})"
         )
 
+    def on_after_backward(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Under fp16's gradient scaler (16-mixed) the gradients of a skipped batch become NaN:
+        the scaler, which raises when it finds no gradient to check, then skips the update
+        itself (and lowers its scale). Done before Lightning unscales and records what it saw."""
+        if not self._skip_this_step or grad_scaler(trainer) is None:
+            return
+        for param in pl_module.parameters():
+            if param.grad is not None:
+                param.grad.fill_(float("nan"))
+
     def on_before_optimizer_step(
         self, trainer: Trainer, pl_module: LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        if self._skip_this_step:
+        if self._skip_this_step and grad_scaler(trainer) is None:
             for group in optimizer.param_groups:
                 for param in group["params"]:
                     param.grad = None  # torch optimizers skip parameters without a gradient
@@ -153,6 +163,11 @@ class NonFiniteLoss(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.skipped = state_dict.get("skipped", 0)
+
+
+def grad_scaler(trainer: Trainer) -> Any:
+    """fp16's gradient scaler (16-mixed), or None (fp32, bf16)."""
+    return getattr(trainer.precision_plugin, "scaler", None)
 
 
 def last_good_checkpoint(trainer: Trainer) -> str:

@@ -57,7 +57,8 @@ def evaluate_model(
     torch.manual_seed(seed)
     generator = torch.Generator(device).manual_seed(seed)
     sample_generator = torch.Generator().manual_seed(seed)
-    active = ActiveUnits(module.latent_dim, active_threshold).to(device)
+    # one process sees the whole split (also after a DDP run, whose other ranks have gone)
+    active = ActiveUnits(module.latent_dim, active_threshold, sync_on_compute=False).to(device)
     keys = ("neg_elbo", "recon", "kl", "iwae_ll", "mse", "psnr", "foreground_iou")
     sums = {key: torch.zeros((), dtype=torch.float64, device=device) for key in keys}
     means, count, layer_sums = [], 0, 0

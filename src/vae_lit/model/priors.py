@@ -85,7 +85,8 @@ class StandardNormal(Prior):
         return -0.5 * (z.pow(2) + LOG_2PI).sum(-1)
 
     def sample(self, n: int, generator: torch.Generator | None = None, device=None):
-        return torch.randn(n, self.latent_dim, generator=generator).to(device or "cpu")
+        # without a generator (InfoVAE's draws, every step) on the device: no blocking copy
+        return standard_noise(n, self.latent_dim, generator, device or "cpu")
 
     def kl(self, mu: torch.Tensor, logvar: torch.Tensor, z: torch.Tensor) -> KLTerms:
         per_dim = gaussian_kl_per_dim(mu.float(), logvar.float()).mean(0)

@@ -1,10 +1,12 @@
 """Training logic: one shared step for train/val/test that wires the four ingredients (network,
 likelihood, objective, prior); it knows none of their insides."""
 
+import logging
 from collections.abc import Callable
 
 import torch
 from pytorch_lightning import LightningModule
+from pytorch_lightning.utilities import rank_zero_only
 from torch import nn
 
 from vae_lit.errors import UserError
@@ -22,6 +24,8 @@ from vae_lit.model.objectives import (
 )
 from vae_lit.model.priors import Prior, StandardNormal
 from vae_lit.persistence.pretrained import PretrainedVAE
+
+log = logging.getLogger(__name__)
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
@@ -48,10 +52,47 @@ def log_reconstruction_quality(
     )
 
 
+def compile_networks(net: nn.Module, mode: str) -> list[str]:
+    """torch.compile the parts a step runs, in place (parameter names, so checkpoints, stay).
+    `nn.Module.compile()` wraps `forward` only, and the steps call `net.encode`/`net.decode`, which
+    run `net.encoder`/`net.decoder`: those are compiled, or `net` itself when it has neither.
+    Returns the names of what was compiled."""
+    parts = {
+        name: getattr(net, name)
+        for name in ("encoder", "decoder")
+        if isinstance(getattr(net, name, None), nn.Module)
+    }
+    for part in (parts or {"net": net}).values():
+        part.compile(mode=mode)
+    return list(parts or ["net"])
+
+
+def unfused_to_clip(module: LightningModule, optimizer_factory: Callable) -> dict[str, bool]:
+    """`{"fused": False}` when gradients are clipped under fp16's gradient scaler, else `{}`.
+
+    A fused optimizer unscales fp16 gradients inside its own step, after Lightning would clip them,
+    so Lightning refuses to clip (a V100 or T4, where precision=auto picks 16-mixed). The unfused
+    (foreach) Adam is unscaled before clipping, at the cost of a few more kernels per step."""
+    trainer = module._trainer
+    keywords = getattr(optimizer_factory, "keywords", {})
+    if trainer is None or not keywords.get("fused") or not trainer.gradient_clip_val:
+        return {}
+    if getattr(trainer.precision_plugin, "scaler", None) is None:
+        return {}
+    if rank_zero_only.rank == 0:
+        log.info(
+            f"trainer.gradient_clip_val={trainer.gradient_clip_val} under {trainer.precision}: "
+            "the optimizer runs unfused, since a fused one unscales fp16 gradients after clipping"
+        )
+    return {"fused": False}
+
+
 def optimizers_of(module: LightningModule, optimizer_factory: Callable, scheduler_factory):
     """What `configure_optimizers` returns: the optimizer over the module's parameters and, when
     configured, its scheduler stepped each epoch on val/loss (which ReduceLROnPlateau reads)."""
-    optimizer = optimizer_factory(params=module.parameters())
+    optimizer = optimizer_factory(
+        params=module.parameters(), **unfused_to_clip(module, optimizer_factory)
+    )
     if scheduler_factory is None:
         return optimizer
     scheduler = scheduler_factory(optimizer=optimizer)
@@ -263,8 +304,7 @@ class VAELitModule(LightningModule, PretrainedVAE):  # save/from_pretrained, pus
     def setup(self, stage: str) -> None:
         # Only when fitting: evaluating or sampling a checkpoint should not wait for a compile.
         if self.compile_net and stage == "fit":
-            # in place: parameter names, and so checkpoints, do not change
-            self.net.compile(mode=self.compile_net)
+            compile_networks(self.net, self.compile_net)
 
     def configure_optimizers(self):
         return optimizers_of(self, self.optimizer_factory, self.scheduler_factory)

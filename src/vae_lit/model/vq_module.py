@@ -18,7 +18,12 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from vae_lit.errors import UserError
 from vae_lit.model.likelihoods import Likelihood
-from vae_lit.model.vae_module import log_reconstruction_quality, optimizers_of, to_float_images
+from vae_lit.model.vae_module import (
+    compile_networks,
+    log_reconstruction_quality,
+    optimizers_of,
+    to_float_images,
+)
 from vae_lit.networks.vqvae import VQVAE
 from vae_lit.persistence.pretrained import PretrainedVAE
 
@@ -173,7 +178,10 @@ class VQVAELitModule(LightningModule, PretrainedVAE):  # save/from_pretrained, p
         return {"loss": loss, "images": images, "codes": out.quantized.codes, "params": out.params}
 
     def count_codes(self, stage: str, codes: torch.Tensor) -> None:
-        counts = torch.bincount(codes.flatten(), minlength=self.num_codes)
+        codes = codes.flatten()
+        # index_add_, not bincount: bincount reads the codes' range back to the host every step
+        counts = torch.zeros(self.num_codes, dtype=torch.long, device=codes.device)
+        counts.index_add_(0, codes, torch.ones_like(codes))
         if stage in self.code_counts:
             self.code_counts[stage] += counts
         else:
@@ -233,7 +241,8 @@ class VQVAELitModule(LightningModule, PretrainedVAE):  # save/from_pretrained, p
 
     def setup(self, stage: str) -> None:
         if self.compile_net and stage == "fit":
-            self.net.compile()
+            # encoder and decoder: the quantizer's codebook update would break the graph anyway
+            compile_networks(self.net, "default")
 
     def configure_optimizers(self):
         return optimizers_of(self, self.optimizer_factory, self.scheduler_factory)

@@ -8,6 +8,7 @@ re-initialisation, as in Dhariwal et al. 2020, Jukebox), so the whole codebook s
 The losses live outside: the quantizer returns its raw terms, the LightningModule weights them.
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -87,11 +88,14 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("ema_count", torch.zeros(self.num_codes))
 
     def nearest_codes(self, flat: torch.Tensor) -> torch.Tensor:
-        """(N, D) vectors -> (N,) index of the nearest code in Euclidean distance."""
-        codebook = self.embedding.detach().float()
-        # ||x||^2 does not change the argmin; ||e||^2 - 2 x.e does
-        distances = codebook.pow(2).sum(1) - 2 * flat.float() @ codebook.t()
-        return distances.argmin(1)
+        """(N, D) vectors -> (N,) index of the nearest code in Euclidean distance. In fp32 even
+        under autocast (which runs the matmul in bf16 despite `.float()`), so training picks the
+        codes an fp32 evaluation picks."""
+        with torch.autocast(flat.device.type, enabled=False):
+            codebook = self.embedding.detach().float()
+            # ||x||^2 does not change the argmin; ||e||^2 - 2 x.e does
+            distances = codebook.pow(2).sum(1) - 2 * flat.float() @ codebook.t()
+            return distances.argmin(1)
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         """(B, h, w) indices -> (B, D, h, w) code vectors."""
@@ -122,8 +126,12 @@ class VectorQuantizer(nn.Module):
     def update_codebook(self, flat: torch.Tensor, codes: torch.Tensor) -> None:
         """One step of the running averages (EMA codebook) and of the usage counts, then dead
         codes onto encoder outputs. Under DDP the batch statistics are summed over processes and
-        rank 0's re-initialised codes are broadcast, so every process keeps the same codebook."""
-        counts = torch.bincount(codes, minlength=self.num_codes).float()
+        rank 0's re-initialised codes are broadcast, so every process keeps the same codebook.
+
+        Nothing here reads a value back to the host (a GPU would wait): counts by `index_add_`
+        (`bincount` reads its input's range), updates by `torch.where` (a boolean index is a
+        `nonzero`), and dead codes by a draw of fixed size."""
+        counts = torch.zeros_like(self.ema_count).index_add_(0, codes, flat.new_ones(len(codes)))
         sums = None
         if self.codebook_kind == "ema":
             sums = torch.zeros_like(self.ema_sum).index_add_(0, codes, flat)
@@ -136,28 +144,30 @@ class VectorQuantizer(nn.Module):
         if sums is not None:
             self.ema_sum.mul_(keep).add_(sums, alpha=1 - keep)
             used = self.ema_count > 0
-            self.embedding[used] = self.ema_sum[used] / self.ema_count[used].unsqueeze(1)
+            means = self.ema_sum / torch.where(used, self.ema_count, 1.0).unsqueeze(1)
+            self.embedding.copy_(torch.where(used.unsqueeze(1), means, self.embedding))
         self.reinit_dead_codes(flat)
 
     @torch.no_grad()
-    def reinit_dead_codes(self, flat: torch.Tensor) -> int:
-        """Move every code with a running count below the threshold onto a random row of `flat`;
-        return how many moved."""
-        dead = (self.ema_count < self.dead_code_threshold).nonzero().squeeze(1)
-        if len(dead) == 0:
-            return 0
-        if len(flat) >= len(dead):
-            rows = torch.randperm(len(flat), device=flat.device)[: len(dead)]
-        else:
-            rows = torch.randint(len(flat), (len(dead),), device=flat.device)
+    def reinit_dead_codes(self, flat: torch.Tensor) -> torch.Tensor:
+        """Move every code with a running count below the threshold onto a random row of `flat`
+        (distinct rows while there are enough); return the mask of the codes that moved."""
+        dead = self.ema_count < self.dead_code_threshold
+        if self.dead_code_threshold <= 0:  # re-initialisation is off
+            return dead
+        # a candidate row for every code, so the shapes never depend on how many are dead;
+        # distinct rows, repeated only when the batch has fewer vectors than the codebook codes
+        rows = torch.randperm(len(flat), device=flat.device)
+        rows = rows.repeat(math.ceil(self.num_codes / len(flat)))[: self.num_codes]
         new = flat[rows].to(self.embedding.dtype)
         if distributed():
             dist.broadcast(new, src=0)
-        self.embedding.data[dead] = new
-        self.ema_count[dead] = 1.0
+        column = dead.unsqueeze(1)
+        self.embedding.data.copy_(torch.where(column, new, self.embedding.data))
+        self.ema_count.copy_(torch.where(dead, 1.0, self.ema_count))
         if self.codebook_kind == "ema":
-            self.ema_sum[dead] = new
-        return len(dead)
+            self.ema_sum.copy_(torch.where(column, new, self.ema_sum))
+        return dead
 
 
 def distributed() -> bool:

@@ -124,7 +124,17 @@ PRECISIONS = (
 )
 
 
+# Half-precision weights: Lightning casts the model but not our uint8 batches, which become fp32
+# images on the device, so the first convolution meets fp32 input with bf16/fp16 weights.
+HALF_WEIGHTS = ("16-true", "bf16-true", "transformer-engine", "transformer-engine-float16")
+
+
 def precision(value: Any) -> str | None:
+    if str(value) in HALF_WEIGHTS:
+        return (
+            "keeps the weights in half precision, which this model does not run; use auto, "
+            "bf16-mixed or 16-mixed"
+        )
     if value in PRECISIONS or str(value) in map(str, PRECISIONS):
         return None
     return "is unknown; use one of: auto, 32-true, bf16-mixed, 16-mixed, 64-true"

@@ -21,9 +21,11 @@ from vae_lit.errors import UserError
 log = logging.getLogger(__name__)
 
 
-def map_gpus(trainer_cfg: DictConfig) -> DictConfig:
+def map_gpus(trainer_cfg: DictConfig, parallel_job: int | None = None) -> DictConfig:
     """A copy of the trainer config without `gpus`, its meaning moved to accelerator/devices, and
-    with `precision: auto` replaced by what this machine runs fastest (logged, with the reason)."""
+    with `precision: auto` replaced by what this machine runs fastest (logged, with the reason).
+    `parallel_job`: the job's number in a sweep whose jobs run at once (joblib), which puts a
+    one-GPU job on GPU number `parallel_job % GPUs` instead of every job on GPU 0."""
     cfg = OmegaConf.to_container(trainer_cfg, resolve=True)
     gpus = cfg.pop("gpus", None)
     if gpus is not None:
@@ -34,6 +36,19 @@ def map_gpus(trainer_cfg: DictConfig) -> DictConfig:
         else:
             cfg["accelerator"], cfg["devices"] = "gpu", gpus
     check_accelerator(cfg.get("accelerator"), cfg.get("devices"), gpus)
+    one_gpu = str(cfg.get("devices")) in ("1", "auto") and uses_cuda(cfg.get("accelerator"))
+    if parallel_job is not None and one_gpu and torch.cuda.device_count() > 1:
+        cfg["devices"] = [parallel_job % torch.cuda.device_count()]
+        log.info(f"parallel sweep job {parallel_job} trains on GPU {cfg['devices'][0]}")
+    if cfg.get("deterministic") is True and uses_cuda(cfg.get("accelerator")):
+        # every network upsamples bilinearly, and that has no deterministic CUDA backward: `true`
+        # would stop at the first backward; "warn" keeps every other op deterministic
+        cfg["deterministic"] = "warn"
+        if rank_zero_only.rank == 0:
+            log.warning(
+                "trainer.deterministic=true on CUDA runs as 'warn': bilinear upsampling has no "
+                "deterministic CUDA backward, so runs repeat closely but not bit for bit"
+            )
     if "benchmark" in cfg and cfg["benchmark"] is None:
         # cuDNN times its convolution algorithms once per shape and keeps the fastest; training
         # shapes are fixed (the training loader drops a last partial batch). Not when asked for
@@ -56,7 +71,8 @@ def map_gpus(trainer_cfg: DictConfig) -> DictConfig:
 
 def auto_precision(accelerator: Any, devices: Any) -> tuple[str, str]:
     """(precision, why) for `trainer.precision=auto`: bf16-mixed where the hardware computes bf16
-    natively, fp16 with a gradient scaler on CUDA GPUs before Ampere, fp32 elsewhere.
+    natively, fp16 with a gradient scaler on CUDA GPUs with fp16 tensor cores but no bf16 (Volta,
+    Turing), fp32 elsewhere.
 
     `torch.cuda.is_bf16_supported()` says True on a T4 or V100, where bf16 is emulated and its
     convolutions take slow paths, so GPUs are judged by compute capability instead.
@@ -66,6 +82,8 @@ def auto_precision(accelerator: Any, devices: Any) -> tuple[str, str]:
         gpu = f"{name} (compute capability {capability[0]}.{capability[1]})"
         if capability >= (8, 0):
             return "bf16-mixed", f"{gpu} has bf16 tensor cores"
+        if capability < (7, 0):  # P100: no tensor cores; GTX 10xx: fp16 at 1/64 of fp32's rate
+            return "32-true", f"{gpu} has no fp16 tensor cores: fp16 would not be faster"
         return "16-mixed", (
             f"{gpu} has no native bf16; fp16 with a gradient scaler, which a fused optimizer "
             "applies without a host sync"

@@ -315,3 +315,10 @@ def test_on_sprites_hvae_ends_below_logistic_vae_in_bits_per_dim(tmp_path: Path)
     hvae = train(compose_config(tmp_path / "hvae", [*common, "experiment=hvae"]))
     logistic = train(compose_config(tmp_path / "logistic", [*common, "experiment=logistic_vae"]))
     assert hvae["test/bits_per_dim"] < logistic["test/bits_per_dim"]
+
+
+def test_the_gpu_preset_composes_and_builds(tmp_path: Path):
+    cfg = compose_config(tmp_path, ["experiment=hvae_large", "data.image_size=64"])
+    module = instantiate(cfg.model)
+    assert module.net.num_layers == 21 and module.net.sizes == [64, 32, 16, 8, 4]
+    assert sum(p.numel() for p in module.net.parameters()) > 4_000_000

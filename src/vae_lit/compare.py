@@ -243,9 +243,9 @@ class CompareFigure(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
-        try:
-            figure = compare_figure(sweep_dir, sweep_dir / FIGURE_FILE, **self.options)
+        try:  # the table first: a figure that cannot be drawn must not cost it
             write_text_atomic(sweep_dir / TABLE_FILE, results_table(sweep_dir))
+            figure = compare_figure(sweep_dir, sweep_dir / FIGURE_FILE, **self.options)
         except Exception as exc:  # noqa: BLE001  the sweep's own results are already on disk
             log.warning(f"Compare figure not drawn: {exc}")
             return

@@ -569,3 +569,32 @@ def test_eval_next_to_a_read_only_checkpoint_stops_before_evaluating(
     assert line.startswith(f"eval.json={small_disk / 'eval.json'} cannot be written (Read-only")
     assert "pass eval.json=<a writable path>" in line
     assert "Evaluating" not in captured.out  # refused before the evaluation, not after it
+
+
+def test_a_read_only_checkpoint_samples_and_evaluates_its_fit_kept_in_the_user_cache(
+    tiny_run, small_disk: Path, tmp_path: Path, monkeypatch, capsys
+):
+    """Issue 19.4: sample sampler=gmm and eval (its samplers include gmm) ended in a
+    SafetensorError traceback saving the fit beside a read-only checkpoint, after the work."""
+    ckpt_path, _ = tiny_run
+    shutil.copy(ckpt_path, small_disk / "last.ckpt")
+    remount_read_only(small_disk)
+    ckpt = small_disk / "last.ckpt"
+    out = tmp_path / "gmm.png"
+    args = [f"ckpt={ckpt}", "sampler=gmm", "n=4", "nrow=2", f"out={out}"]
+    assert cli("sample", [*args, f"hydra.run.dir={tmp_path / 'sample'}"]) in (None, 0)
+    assert out.is_file()
+    cache = Path(os.environ["VAE_LIT_CACHE"])
+    assert list(cache.rglob("last.ckpt.gmm.safetensors"))  # kept where the user can write
+    json_path = tmp_path / "eval.json"
+    eval_args = [f"ckpt={ckpt}", "eval.k=2", f"eval.json={json_path}", "eval.log_to_run=false"]
+    assert cli("eval", [*eval_args, f"hydra.run.dir={tmp_path / 'eval'}"]) in (None, 0)
+    assert "gmm" in json.loads(json_path.read_text())["latent_log_likelihood"]
+    # no writable place at all: the evaluation is still written; the fit is not kept, one warning
+    monkeypatch.setenv("VAE_LIT_CACHE", str(small_disk / "cache"))
+    json_path.unlink()
+    capsys.readouterr()
+    assert cli("eval", [*eval_args, f"hydra.run.dir={tmp_path / 'eval2'}"]) in (None, 0)
+    assert json_path.is_file()
+    logged = capsys.readouterr().out
+    assert "The gmm fit is not saved" in logged and "Read-only file system" in logged

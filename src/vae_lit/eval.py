@@ -49,7 +49,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     beside = ckpt if ckpt.is_dir() else ckpt.parent  # a model folder keeps its eval.json inside
     json_path = Path(cfg.eval.json) if cfg.eval.get("json") else beside / "eval.json"
     check_output_file(json_path, "eval.json")  # before the evaluation, not after it
-    module, run_cfg = load_checkpoint(ckpt, map_location=str(device))
+    module, run_cfg = load_checkpoint(ckpt, map_location=str(device), vqvae=cfg.get("vqvae"))
     if cfg.eval.log_to_run:  # a stranger's logger config is refused before the work, not after
         check_targets(run_cfg.get("logger") or {}, f"checkpoint {ckpt}", "logger", "logger")
     module.to(device)

@@ -79,7 +79,7 @@ def sample(cfg: DictConfig) -> Path:
     if not (isinstance(temperature, int | float) and 0 < temperature < float("inf")):
         raise UserError(f"temperature={shown(temperature)} must be a number > 0, e.g. 0.8")
     device = pick_device(cfg.device)
-    module, run_cfg = load_checkpoint(cfg.ckpt)
+    module, run_cfg = load_checkpoint(cfg.ckpt, vqvae=cfg.get("vqvae"))
     module.to(device)
     if cfg.mode == "partial":
         picture, nrow = partial_samples(module, run_cfg, cfg, float(temperature))

@@ -26,6 +26,8 @@ from vae_lit.persistence.file_layout import CONFIG_FILE, CONFIG_KEY, FOLDER_FORM
 from vae_lit.persistence.trusted_config import check_config, check_resolved
 
 CHECKED_SECTIONS = ("model", "data")  # what load_checkpoint's callers build from the config
+# a VQ-VAE prior's config: its VQ-VAE's file relative to the prior's checkpoint folder
+VQVAE_FROM_CHECKPOINT = "vqvae_from_checkpoint_dir"
 
 
 def first_line(exc: BaseException) -> str:
@@ -118,7 +120,7 @@ def checkpoint_step(path: str | Path) -> int:
 
 
 def load_checkpoint(
-    path: str | Path, map_location: str = "cpu"
+    path: str | Path, map_location: str = "cpu", vqvae: str | None = None
 ) -> tuple[LightningModule, DictConfig]:
     """Return the trained module (eval mode) and the resolved run config it was trained with.
 
@@ -134,8 +136,29 @@ def load_checkpoint(
             "vae_lit.train?)"
         )
     checkpoint = upgrade_checkpoint(checkpoint)  # older layouts (model.loss) to today's
+    locate_vqvae(checkpoint[CONFIG_KEY], Path(path), vqvae)
     module, config = build_module(checkpoint, source)
     return module, config
+
+
+def locate_vqvae(config: dict[str, Any], path: Path, vqvae: str | None) -> None:
+    """A VQ-VAE prior's checkpoint names its VQ-VAE's file: `vqvae=<path>` when given, else the
+    recorded path, else the same file relative to the prior's checkpoint (a logs/ folder that
+    was moved or copied whole). Its SHA-256 is checked whichever file it is."""
+    model = config.get("model")
+    if not isinstance(model, dict) or "vqvae_ckpt" not in model:
+        if vqvae:
+            raise UserError(f"vqvae={vqvae} is for a VQ-VAE prior's checkpoint; {path} is not one")
+        return
+    if vqvae:
+        model["vqvae_ckpt"] = str(Path(vqvae).resolve())
+        return
+    relative = config.get(VQVAE_FROM_CHECKPOINT)
+    if Path(str(model["vqvae_ckpt"])).exists() or not isinstance(relative, str):
+        return
+    moved = (path.parent / relative).resolve()
+    if moved.exists():
+        model["vqvae_ckpt"] = str(moved)
 
 
 def build_module(checkpoint: dict[str, Any], source: str) -> tuple[LightningModule, DictConfig]:

@@ -19,7 +19,7 @@ from rich.console import Console
 
 from vae_lit.callbacks.image_grids import save_png
 from vae_lit.callbacks.kl_per_layer import kl_chart, layer_labels
-from vae_lit.data.datamodule import SPLITS
+from vae_lit.data.datamodule import SPLITS, recorded_data
 from vae_lit.errors import UserError, exit_on_user_error
 from vae_lit.evaluation.checkpoint_eval import (
     bound_name,
@@ -53,7 +53,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.eval.log_to_run:  # a stranger's logger config is refused before the work, not after
         check_targets(run_cfg.get("logger") or {}, f"checkpoint {ckpt}", "logger", "logger")
     module.to(device)
-    data_cfg = cfg.get("data") or run_cfg.get("data")
+    data_cfg = recorded_data(cfg.get("data"), run_cfg.get("data"), str(ckpt))  # data.root=/new
     if data_cfg is None:
         raise UserError(f"{ckpt} records no data; pass data=<name> (e.g. data=sprites)")
     if cfg.eval.get("batch_size"):
@@ -130,4 +130,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    run_cli(main)  # a typo in a key or a config name is one line too
+    run_cli(main, model_data=True)  # a typo is one line; data.root=/new works

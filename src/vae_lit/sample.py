@@ -23,6 +23,7 @@ from PIL import Image
 
 from vae_lit.callbacks.image_grids import image_grid, save_png
 from vae_lit.callbacks.latent_views import slerp
+from vae_lit.data.datamodule import recorded_data
 from vae_lit.errors import UserError, exit_on_user_error
 from vae_lit.model.vae_module import VAELitModule, to_float_images
 from vae_lit.persistence.atomic_write import check_output_file
@@ -80,6 +81,7 @@ def sample(cfg: DictConfig) -> Path:
         raise UserError(f"temperature={shown(temperature)} must be a number > 0, e.g. 0.8")
     device = pick_device(cfg.device)
     module, run_cfg = load_checkpoint(cfg.ckpt, vqvae=cfg.get("vqvae"))
+    run_cfg.data = recorded_data(cfg.get("data"), run_cfg.get("data"), str(cfg.ckpt))
     module.to(device)
     if cfg.mode == "partial":
         picture, nrow = partial_samples(module, run_cfg, cfg, float(temperature))
@@ -133,4 +135,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    run_cli(main)  # a typo in a key or a config name is one line too
+    run_cli(main, model_data=True)  # a typo is one line; data.root=/new works

@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vae_lit.callbacks.run_config import RunConfigInCheckpoint
+from vae_lit.data.datamodule import recorded_data
 from vae_lit.errors import UserError, exit_on_user_error
 from vae_lit.loggers.wandb_run import finish_wandb
 from vae_lit.model.code_prior import cached_codes, code_loader, load_vqvae
@@ -58,6 +59,7 @@ def fit_prior(cfg: DictConfig) -> dict[str, float]:
         pl.seed_everything(cfg.seed, workers=True)
     ckpt = Path(cfg.ckpt).resolve()
     vqvae, vq_cfg = load_vqvae(ckpt)
+    vq_cfg.data = recorded_data(cfg.get("data"), vq_cfg.get("data"), str(ckpt))  # data.root=
     if torch.cuda.is_available():  # extracting the codes is one encoder pass: on a GPU if any
         vqvae.to("cuda")
 
@@ -131,4 +133,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    run_cli(main)  # a typo in a key or a config name is one line too
+    run_cli(main, model_data=True)  # a typo is one line; data.root=/new works

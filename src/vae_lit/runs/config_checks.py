@@ -9,6 +9,7 @@ key that moves to another config group moves here as a path, not as code.
 import difflib
 import math
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import Any, get_args
@@ -250,9 +251,17 @@ def unparsable_override(args: list[str]) -> str | None:
     return None
 
 
-def run_cli(main: Callable[[], Any]) -> Any:
+def run_cli(main: Callable[[], Any], model_data: bool = False) -> Any:
     """Run a Hydra entry point so that any mistake on its command line, found while composing the
-    config or later, ends in one line (`vae-lit: error: ...`) and exit code 2."""
+    config or later, ends in one line (`vae-lit: error: ...`) and exit code 2.
+
+    `model_data`: the entry point reads a trained model's data (eval, sample, train_prior), whose
+    config is the model's, not in the composed config; `data.root=/new` is then passed on as
+    `++data.root=/new` (set, or add), and the entry point lays it over the model's data config."""
+    if model_data:
+        sys.argv[1:] = [
+            f"++{arg}" if re.match(r"data\.[\w.]+=", arg) else arg for arg in sys.argv[1:]
+        ]
     previous = os.environ.get("HYDRA_FULL_ERROR")
     if previous is None:
         os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises, instead of printing its own report

@@ -245,3 +245,23 @@ def test_the_notebook_opens_the_folder(exported, tmp_path, monkeypatch):
     client.execute()  # raises CellExecutionError on the first failing cell
     outputs = [output for cell in notebook.cells for output in cell.get("outputs", [])]
     assert sum("image/png" in output.get("data", {}) for output in outputs) == 4
+
+
+def test_every_file_of_the_folder_has_the_same_mode(exported):
+    """Issue 19.9: model.safetensors was 0600 while config.json was 0644."""
+    _, out = exported
+    modes = {path.name: oct(path.stat().st_mode & 0o777) for path in out.iterdir()}
+    assert len(set(modes.values())) == 1, modes
+
+
+def test_a_mistyped_local_folder_is_refused_at_once(exported, tmp_path, monkeypatch):
+    """Issue 19.8: `exports/sprites-vae` that does not exist was taken for a Hub repo id: 27 s of
+    network retries, then a LocalEntryNotFoundError traceback."""
+    import time
+
+    (tmp_path / "exports").mkdir()
+    monkeypatch.chdir(tmp_path)
+    started = time.monotonic()
+    with pytest.raises(UserError, match="model folder exports/sprites-vae does not exist"):
+        VAELitModule.from_pretrained("exports/sprites-vae")
+    assert time.monotonic() - started < 2

@@ -598,3 +598,51 @@ def test_a_read_only_checkpoint_samples_and_evaluates_its_fit_kept_in_the_user_c
     assert json_path.is_file()
     logged = capsys.readouterr().out
     assert "The gmm fit is not saved" in logged and "Read-only file system" in logged
+
+
+INGREDIENT_MISTAKES = [
+    (
+        ["model/likelihood=discretized_logistic_mixture", "model.likelihood.num_components=-3"],
+        "model.likelihood.num_components=-3 must be a positive integer",
+    ),
+    (
+        ["model/likelihood=discretized_logistic_mixture", "model.likelihood.num_components=abc"],
+        "model.likelihood.num_components=abc must be a positive integer",
+    ),
+    (
+        ["model/prior=vamp", "model.prior.image_size=64"],
+        "model.prior.image_size=64 must equal data.image_size=16 (the VampPrior's pseudo-inputs",
+    ),
+    (
+        ["model/prior=vamp", "model.prior.channels=1"],
+        "model.prior.channels=1 must equal data.channels=3",
+    ),
+    (
+        ["model/likelihood=gaussian", "model.likelihood.learn_scale=maybe"],
+        "model.likelihood.learn_scale=maybe must be true or false",
+    ),
+    (
+        ["model=vqvae", "model.net.quantizer.num_codes=2.5"],
+        "model.net.quantizer.num_codes=2.5 must",
+    ),
+    (
+        ["model/objective=info_vae", "data.batch_size=1"],
+        "data.batch_size=1 is too small for InfoVAE, which compares the codes within a batch",
+    ),
+    (["eval_after_train.enabled=true", "eval_after_train.k=0"], "eval_after_train.k=0 must be a"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), INGREDIENT_MISTAKES)
+def test_an_ingredient_value_no_run_can_use_is_one_line_before_training(
+    tmp_path: Path, overrides, message
+):
+    """Issue 19.14 and 19.15: these were accepted silently, or failed after the data was read
+    (eval_after_train.k=0: after the whole run)."""
+    from vae_lit.train import train
+
+    tiny = [o for o in TINY if not (overrides[0] == "model=vqvae" and o.startswith("model.net"))]
+    with pytest.raises(UserError) as error:
+        train(compose_config(tmp_path, [*tiny, *overrides]))
+    assert str(error.value).startswith(message), error.value
+    assert not (tmp_path / "checkpoints").exists()

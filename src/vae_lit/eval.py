@@ -13,7 +13,7 @@ from typing import Any
 
 import hydra
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 from pytorch_lightning import LightningDataModule
 from rich.console import Console
 
@@ -33,15 +33,16 @@ from vae_lit.evaluation.vq import evaluate_vq_model, is_vq_model, vq_metrics_tab
 from vae_lit.persistence.atomic_write import check_output_file, write_text_atomic
 from vae_lit.persistence.checkpoint import checkpoint_step, load_checkpoint
 from vae_lit.persistence.trusted_config import check_targets
-from vae_lit.runs.config_checks import run_cli
+from vae_lit.runs.config_checks import check_eval_options, not_given, run_cli
 
 log = logging.getLogger(__name__)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate `cfg.ckpt` as the config says: print the table, write the JSON, return metrics."""
-    if OmegaConf.is_missing(cfg, "ckpt"):
+    if not_given(cfg, "ckpt"):
         raise UserError("ckpt is not set; pass ckpt=<run dir>/checkpoints/last.ckpt")
+    check_eval_options(cfg)  # every option before the work, not after it
     if cfg.split not in SPLITS:
         raise UserError(f"split={cfg.split!r} is unknown; use one of: {', '.join(SPLITS)}")
     device = resolve_device(str(cfg.device))

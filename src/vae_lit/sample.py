@@ -18,7 +18,7 @@ from pathlib import Path
 import hydra
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from PIL import Image
 
 from vae_lit.callbacks.image_grids import image_grid, save_png
@@ -28,7 +28,13 @@ from vae_lit.errors import UserError, exit_on_user_error
 from vae_lit.model.vae_module import VAELitModule, to_float_images
 from vae_lit.persistence.atomic_write import check_output_file
 from vae_lit.persistence.checkpoint import load_checkpoint
-from vae_lit.runs.config_checks import non_negative_int, positive_int, run_cli, shown
+from vae_lit.runs.config_checks import (
+    non_negative_int,
+    not_given,
+    positive_int,
+    run_cli,
+    shown,
+)
 from vae_lit.sampling.draws import sample_latents
 
 log = logging.getLogger(__name__)
@@ -60,7 +66,7 @@ def latent_codes(
 
 def sample(cfg: DictConfig) -> Path:
     """Write the grid the config asks for; return its path."""
-    if OmegaConf.is_missing(cfg, "ckpt"):
+    if not_given(cfg, "ckpt"):
         raise UserError("ckpt is missing; pass ckpt=<run dir>/checkpoints/last.ckpt")
     if cfg.mode not in MODES:
         raise UserError(f"mode={cfg.mode} is unknown; use one of: {', '.join(MODES)}")

@@ -24,7 +24,7 @@ from vae_lit.model.code_prior import cached_codes, code_loader, load_vqvae
 from vae_lit.persistence.atomic_write import use_atomic_checkpoints
 from vae_lit.persistence.checkpoint import VQVAE_FROM_CHECKPOINT
 from vae_lit.persistence.fingerprint import fingerprint
-from vae_lit.runs.config_checks import run_cli
+from vae_lit.runs.config_checks import not_given, run_cli
 from vae_lit.runs.resume import resume_path
 from vae_lit.runs.run_dir import RunStarted, claim, is_main_process, refuse_overwrite, release
 from vae_lit.runs.trainer import build_trainer, instantiate_group
@@ -49,7 +49,7 @@ def train_prior(cfg: DictConfig) -> dict[str, float]:
 
 
 def fit_prior(cfg: DictConfig) -> dict[str, float]:
-    if OmegaConf.is_missing(cfg, "ckpt"):
+    if not_given(cfg, "ckpt"):
         raise UserError(
             "ckpt is not set; pass the VQ-VAE's checkpoint: ckpt=<run dir>/checkpoints/last.ckpt"
         )

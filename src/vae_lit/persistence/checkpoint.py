@@ -74,6 +74,8 @@ def read_model_folder(folder: str | Path, map_location: str = "cpu") -> dict[str
         return UserError(f"{folder} is not a vae-lit model folder: {reason}")
 
     missing = [name for name in (CONFIG_FILE, WEIGHTS_FILE) if not (folder / name).is_file()]
+    if missing and (folder / "checkpoints").is_dir():  # a run dir: its checkpoints are inside
+        raise refused(f"it is a run dir; pass ckpt={folder / 'checkpoints' / 'last.ckpt'}")
     if missing:
         raise refused(
             f"it has no {' and no '.join(missing)}; write one with "

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from safetensors import SafetensorError
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -44,8 +46,8 @@ def save_derived(paths: list[Path], what: str, write: Callable[[Path], T]) -> T 
     for path in paths:
         try:
             return write(path)
-        except OSError as exc:  # a read-only place, a full disk: the next place, else not kept
-            reasons.append(f"{path.parent} ({exc.strerror or exc})")
+        except (OSError, SafetensorError) as exc:  # read-only, a full disk: the next place
+            reasons.append(f"{path.parent} ({getattr(exc, 'strerror', None) or exc})")
     log.warning(
         f"The {what} is not saved: {'; '.join(reasons)} cannot be written; it is computed again "
         f"next time (set {CACHE_ENV} to a writable folder to keep it)"

@@ -53,6 +53,10 @@ def non_negative_or_inf(value: Any) -> str | None:
     return "must be a number >= 0"
 
 
+def boolean(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "must be true or false"
+
+
 def positive_int(value: Any) -> str | None:
     return None if is_int(value) and value > 0 else "must be a positive integer"
 
@@ -159,7 +163,60 @@ RULES: dict[str, Rule] = {
     "trainer.num_sanity_val_steps": optional(sanity_steps),
     "trainer.check_val_every_n_epoch": optional(positive_int),
     "trainer.gradient_clip_val": optional(non_negative_number),
+    "model.objective.k": positive_int,
+    "model.likelihood.num_components": positive_int,
+    "model.likelihood.learn_scale": boolean,
+    "model.net.quantizer.num_codes": positive_int,
+    "model.prior.num_pseudo_inputs": positive_int,
+    "model.prior.num_components": positive_int,
+    "eval_after_train.k": positive_int,
+    "eval_after_train.max_decodes": positive_int,
 }
+# The same value in two places that must agree: (key, the key whose value it must equal, why).
+SAME_AS = (
+    ("model.prior.image_size", "data.image_size", "the VampPrior's pseudo-inputs are images"),
+    ("model.prior.channels", "data.channels", "the VampPrior's pseudo-inputs are images"),
+)
+# Objectives that compare codes within a batch: one image per batch gives them nothing to compare.
+BATCH_OBJECTIVES = ("InfoVAE", "BetaTCVAE", "DIPVAE")
+
+
+def not_given(cfg: DictConfig, key: str) -> bool:
+    """A required path left out: `???`, `ckpt=null`, or `ckpt=` (make eval without CKPT), which
+    would otherwise read as the current folder."""
+    if OmegaConf.is_missing(cfg, key):
+        return True
+    value = cfg.get(key)
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+# What `vae_lit.eval` takes under `eval.`: checked before the model is read, not after the work.
+EVAL_RULES: dict[str, Rule] = {
+    "eval.k": positive_int,
+    "eval.max_decodes": positive_int,
+    "eval.batch_size": optional(positive_int),
+    "eval.active_threshold": non_negative_number,
+    "eval.mig_bins": positive_int,
+    "eval.prior_samples": positive_int,
+    "seed": non_negative_int,
+}
+
+
+def check_eval_options(cfg: DictConfig) -> None:
+    """Raise UserError for the first `eval.*` value (or sampler name) the evaluation cannot use."""
+    for key, rule in EVAL_RULES.items():
+        if OmegaConf.select(cfg, key, default="???missing") == "???missing":
+            continue
+        value = OmegaConf.select(cfg, key)
+        problem = rule(value)
+        if problem:
+            raise UserError(f"{key}={shown(value)} {problem}")
+    known = list((cfg.get("samplers") or {}).keys())
+    for name in cfg.eval.get("samplers") or []:
+        if name not in known:
+            raise UserError(
+                f"eval.samplers: {shown(name)} is not a sampler; use some of: {', '.join(known)}"
+            )
 
 
 def shown(value: Any) -> str:
@@ -190,6 +247,22 @@ def check_config(cfg: DictConfig) -> None:
         problem = rule(value)
         if problem:
             raise UserError(f"{key}={shown(value)} {problem}")
+    for key, other, why in SAME_AS:
+        value = OmegaConf.select(cfg, key, default=None)
+        wanted = OmegaConf.select(cfg, other, default=None)
+        if value is not None and wanted is not None and value != wanted:
+            raise UserError(
+                f"{key}={shown(value)} must equal {other}={shown(wanted)} ({why}); leave {key} "
+                f"to its default, ${{{other}}}"
+            )
+    objective = str(OmegaConf.select(cfg, "model.objective._target_", default="") or "")
+    batch_size = OmegaConf.select(cfg, "data.batch_size", default=None)
+    if objective.endswith(BATCH_OBJECTIVES) and is_int(batch_size) and batch_size < 2:
+        name = objective.rsplit(".", 1)[-1]
+        raise UserError(
+            f"data.batch_size={batch_size} is too small for {name}, which compares the codes "
+            "within a batch; use data.batch_size=2 or more (32 or more for a useful estimate)"
+        )
     resolved = OmegaConf.to_container(cfg, resolve=True)
     sections = {k: resolved[k] for k in ("data", "model", "trainer", "callbacks") if k in resolved}
     for path in nan_values(sections):

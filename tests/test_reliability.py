@@ -646,3 +646,78 @@ def test_an_ingredient_value_no_run_can_use_is_one_line_before_training(
         train(compose_config(tmp_path, [*tiny, *overrides]))
     assert str(error.value).startswith(message), error.value
     assert not (tmp_path / "checkpoints").exists()
+
+
+EVAL_MISTAKES = [
+    ("eval.k=0", "eval.k=0 must be a positive integer"),
+    ("eval.k=-5", "eval.k=-5 must be a positive integer"),
+    ("eval.k=abc", "eval.k=abc must be a positive integer"),
+    ("eval.k=1.5", "eval.k=1.5 must be a positive integer"),
+    ("eval.mig_bins=0", "eval.mig_bins=0 must be a positive integer"),
+    ("eval.active_threshold=abc", "eval.active_threshold=abc must be a number >= 0"),
+    ("eval.samplers=[gmm,bogus]", "eval.samplers: bogus is not a sampler; use some of: gmm,"),
+    ("eval.batch_size=-3", "eval.batch_size=-3 must be a positive integer, or null"),
+    ("ckpt=null", "ckpt is not set; pass ckpt=<run dir>/checkpoints/last.ckpt"),
+    ("ckpt=", "ckpt is not set; pass ckpt=<run dir>/checkpoints/last.ckpt"),
+]
+
+
+@pytest.mark.parametrize(("override", "message"), EVAL_MISTAKES)
+def test_a_bad_eval_option_is_one_line_before_the_model_is_read(
+    tiny_run, tmp_path: Path, capsys, override, message
+):
+    """Issue 19.15 and 19.18: some of these failed only after the whole evaluation, `ckpt=null`
+    gave a traceback and `ckpt=` (make eval without CKPT) read the current folder."""
+    ckpt, _ = tiny_run
+    args = [f"ckpt={ckpt}", override, f"hydra.run.dir={tmp_path}"]
+    assert cli("eval", args) == 2
+    captured = capsys.readouterr()
+    assert one_error_line(captured.err).startswith(message)
+    assert "Evaluating" not in captured.out
+
+
+def test_a_run_dir_or_a_model_folder_in_the_wrong_place_says_what_to_pass(
+    tiny_run, tmp_path: Path
+):
+    """Issue 19.18: `eval ckpt=<run dir>` suggested exporting into the run dir; `train
+    ckpt_path=<model folder>` said the folder does not exist."""
+    from vae_lit.persistence.checkpoint import load_checkpoint
+    from vae_lit.train import train
+
+    ckpt, _ = tiny_run
+    run_dir = ckpt.parents[1]
+    with pytest.raises(UserError, match=f"it is a run dir; pass ckpt={ckpt}"):
+        load_checkpoint(run_dir)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    with pytest.raises(
+        UserError, match=f"ckpt_path={folder} is a folder; ckpt_path takes a .ckpt"
+    ):
+        train(compose_config(tmp_path / "run", [*TINY, f"ckpt_path={folder}"]))
+
+
+def test_export_refuses_a_folder_at_the_root_a_file_as_parent_and_a_full_disk_in_one_line(
+    tiny_run, small_disk: Path, tmp_path: Path, capsys
+):
+    """Issue 19.17: out=/nonexist_vae/m created a folder at /, out=<file>/m and a full disk gave
+    tracebacks."""
+    ckpt, _ = tiny_run
+    (tmp_path / "a_file").write_text("")
+    cases = [
+        ("/nonexist_vae_19/m", "out=/nonexist_vae_19/m: its folder /nonexist_vae_19 does not"),
+        (f"{tmp_path / 'a_file'}/m", f"out={tmp_path / 'a_file'}/m: {tmp_path / 'a_file'} is a"),
+    ]
+    for out, message in cases:
+        assert cli("export", [f"ckpt={ckpt}", f"out={out}", f"hydra.run.dir={tmp_path}"]) == 2
+        assert one_error_line(capsys.readouterr().err).startswith(message)
+    assert not Path("/nonexist_vae_19").exists()
+    with open(small_disk / "filler", "wb") as filler:  # the disk full but for a few KB
+        try:
+            while True:
+                filler.write(b"\0" * 65536)
+        except OSError:
+            pass
+    out = small_disk / "model"
+    assert cli("export", [f"ckpt={ckpt}", f"out={out}", f"hydra.run.dir={tmp_path}"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"out={out} cannot be written (No space left on device)"), line

@@ -241,3 +241,40 @@ def test_a_model_folders_fit_goes_to_the_user_cache_not_beside_the_folder(
     assert sorted(vae_folder.parent.rglob("*")) == before
     tensors, record = sampler_paths(vae_folder, "gmm")
     assert tensors.is_file() and record.is_file() and user_cache_dir in tensors.parents
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"_target_": "vae_lit.sampling.gmm.GaussianMixture", "tol": math.nan}, "tol=nan"),
+        ({"_target_": "vae_lit.sampling.gmm.GaussianMixture", "reg_covar": 0.0}, "reg_covar=0.0"),
+        ({"_target_": "vae_lit.sampling.two_stage.TwoStageVAE", "lr": math.nan}, "lr=nan > 0"),
+    ],
+)
+def test_sampler_settings_that_cannot_fit_are_one_line(settings, message):
+    """Issue 19.12: tol=nan was accepted; reg_covar=0 and lr=nan gave tracebacks."""
+    from hydra.utils import instantiate
+
+    with pytest.raises(UserError, match=message):
+        instantiate(OmegaConf.create(settings))
+
+
+def test_a_diverged_fit_is_refused_and_not_saved(vae_ckpt):
+    """Issue 19.12: two_stage.lr=1e6 saved a fit with a NaN loss, drew an all-black grid with rc 0
+    and made eval print nan nats."""
+    from vae_lit.persistence.checkpoint import load_checkpoint
+    from vae_lit.sampling.draws import data_factory
+
+    module, run_cfg = load_checkpoint(vae_ckpt)
+    cfg = OmegaConf.create(
+        {
+            "_target_": "vae_lit.sampling.two_stage.TwoStageVAE",
+            "lr": 1e6,
+            "steps": 300,
+            "hidden_dim": 16,
+            "importance_samples": 2,
+        }
+    )
+    with pytest.raises(UserError, match="the two_stage sampler's fit diverged .* is not saved"):
+        fitted_sampler("two_stage", cfg, module, vae_ckpt, data_factory(run_cfg.data))
+    assert not any(path.is_file() for path in sampler_paths(vae_ckpt, "two_stage"))

@@ -6,6 +6,7 @@ beside the checkpoint (a model folder's, or a read-only one's, in the user's cac
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,14 @@ def fitted_sampler(
     log.info(f"Fitting the {name} sampler on the training split's posterior means")
     codes = posterior_means(module, datamodule_factory(), "train")
     stats = sampler.fit(codes)
+    unfinished = [k for k, v in sampler.state_dict().items() if not torch.isfinite(v).all()]
+    losses = [v for v in stats.values() if isinstance(v, float) and not math.isfinite(v)]
+    if unfinished or losses:  # a diverged fit draws black grids and scores nan: never kept
+        what = f"{unfinished[0]} is not finite" if unfinished else f"fit: {stats}"
+        raise UserError(
+            f"the {name} sampler's fit diverged ({what}) and is not saved; lower "
+            f"samplers.{name}.lr, or check the other samplers.{name}.* settings"
+        )
     record = {
         **expected,
         "target": OmegaConf.select(sampler_cfg, "_target_"),

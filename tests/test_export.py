@@ -265,3 +265,54 @@ def test_a_mistyped_local_folder_is_refused_at_once(exported, tmp_path, monkeypa
     with pytest.raises(UserError, match="model folder exports/sprites-vae does not exist"):
         VAELitModule.from_pretrained("exports/sprites-vae")
     assert time.monotonic() - started < 2
+
+
+def set_in_config(folder: Path, section: str, key: str, value) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    (config[section] if section else config)[key] = value
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def cast_weights(folder: Path, change) -> None:
+    import safetensors.torch
+
+    weights = safetensors.torch.load_file(folder / "model.safetensors")
+    safetensors.torch.save_file(change(weights), folder / "model.safetensors")
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda f: set_in_config(f, "", "global_step", "abc"), "global_step is 'abc', not an"),
+        (
+            lambda f: set_in_config(
+                f,
+                "model",
+                "net",
+                {
+                    **json.loads((f / "config.json").read_text())["model"]["net"],
+                    "latent_dim": [64],
+                },
+            ),
+            "its model config does not build",
+        ),
+        (
+            lambda f: cast_weights(f, lambda w: {k: v.long() for k, v in w.items()}),
+            "is torch.int64 where the model holds torch.float32",
+        ),
+        (
+            lambda f: cast_weights(f, lambda w: {k: v * float("nan") for k, v in w.items()}),
+            "holds NaN or infinite values",
+        ),
+    ],
+)
+def test_a_folder_with_wrong_types_or_nan_weights_is_refused_on_load(
+    exported, tmp_path, damage, message
+):
+    """Issue 19.13: these gave tracebacks, loaded silently (int64 weights), or sampled fine and
+    crashed eval after all the work (NaN weights)."""
+    folder = copy_of(exported[1], tmp_path)
+    damage(folder)
+    with pytest.raises(UserError, match=message) as error:
+        load_checkpoint(folder)
+    assert len(str(error.value).splitlines()) == 1

@@ -630,6 +630,10 @@ INGREDIENT_MISTAKES = [
         "data.batch_size=1 is too small for InfoVAE, which compares the codes within a batch",
     ),
     (["eval_after_train.enabled=true", "eval_after_train.k=0"], "eval_after_train.k=0 must be a"),
+    (
+        ["model/objective=iwae", "model.objective.k=100000000"],
+        "model.objective.k=100000000 decodes k x data.batch_size=16 images at once: at least",
+    ),
 ]
 
 

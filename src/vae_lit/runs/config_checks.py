@@ -263,10 +263,49 @@ def check_config(cfg: DictConfig) -> None:
             f"data.batch_size={batch_size} is too small for {name}, which compares the codes "
             "within a batch; use data.batch_size=2 or more (32 or more for a useful estimate)"
         )
+    check_iwae_memory(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     sections = {k: resolved[k] for k in ("data", "model", "trainer", "callbacks") if k in resolved}
     for path in nan_values(sections):
         raise UserError(f"{path}=nan is not a number; give it a finite value")
+
+
+def machine_memory() -> int:
+    """Bytes one step may use at most: the GPU's memory when there is one, else the RAM."""
+    import torch
+
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if torch.cuda.is_available():
+        return max(ram, torch.cuda.get_device_properties(0).total_memory)
+    return ram
+
+
+def check_iwae_memory(cfg: DictConfig) -> None:
+    """IWAE decodes k samples of every image at once: `k=100000` asks for terabytes, and ran
+    out of memory only after the data was read. A lower bound of one step's activations (the
+    images, each level of the decoder, forward and backward) that no machine here holds is
+    refused."""
+    objective = str(OmegaConf.select(cfg, "model.objective._target_", default="") or "")
+    k = OmegaConf.select(cfg, "model.objective.k", default=None)
+    values = [
+        OmegaConf.select(cfg, f"data.{key}", default=None)
+        for key in ("batch_size", "image_size", "channels")
+    ]
+    hidden = OmegaConf.select(cfg, "model.net.hidden_channels", default=None) or []
+    if not objective.endswith("IWAE") or not all(is_int(v) for v in [k, *values]):
+        return
+    batch_size, size, channels = values
+    per_image = channels * size * size + sum(
+        int(c) * (size // 2 ** (i + 1)) ** 2 for i, c in enumerate(hidden) if is_int(c)
+    )
+    needed = 3 * 4 * k * batch_size * per_image  # float32 activations, gradients, slack
+    available = machine_memory()
+    if needed > available:
+        raise UserError(
+            f"model.objective.k={k} decodes k x data.batch_size={batch_size} images at once: at "
+            f"least {needed / 2**30:.0f} GiB a step, more than this machine's "
+            f"{available / 2**30:.0f} GiB; lower model.objective.k or data.batch_size"
+        )
 
 
 def closest_key(exc: BaseException) -> str | None:

@@ -544,6 +544,9 @@ def test_a_type_error_inside_a_constructor_keeps_its_traceback(tmp_path: Path, c
         ("out={tmp}", "out={tmp} is a folder; pass a file name"),
         ("out=/nonexistent_dir/x.png", "out=/nonexistent_dir/x.png: its folder /nonexistent_dir"),
         ("out={tmp}/x.unknown", "out={tmp}/x.unknown names no image format"),
+        ("temperature=nan", "temperature=nan must be a number >= 0.001"),
+        ("temperature=1e-40", "temperature=1e-40 must be a number >= 0.001"),
+        ("temperature=abc", "temperature=abc must be a number >= 0.001"),
     ],
 )
 def test_a_bad_sample_argument_is_one_line_before_the_checkpoint_is_read(

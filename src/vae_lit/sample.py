@@ -83,8 +83,9 @@ def sample(cfg: DictConfig) -> Path:
             "(each row is one path)"
         )
     temperature = cfg.get("temperature", 1.0)
-    if not (isinstance(temperature, int | float) and 0 < temperature < float("inf")):
-        raise UserError(f"temperature={shown(temperature)} must be a number > 0, e.g. 0.8")
+    # below 1e-3 a VQ prior's logits / temperature overflow to inf and draw NaN probabilities
+    if not (isinstance(temperature, int | float) and 1e-3 <= temperature < float("inf")):
+        raise UserError(f"temperature={shown(temperature)} must be a number >= 0.001, e.g. 0.8")
     device = pick_device(cfg.device)
     module, run_cfg = load_checkpoint(cfg.ckpt, vqvae=cfg.get("vqvae"))
     run_cfg.data = recorded_data(cfg.get("data"), run_cfg.get("data"), str(cfg.ckpt))

@@ -89,8 +89,8 @@ class SweepChecks(Callback):
             )
         if bad:
             print(
-                f"vae-lit: the other {len(jobs) - len(bad)} jobs run; the sweep summary lists "
-                "the failed ones",
+                f"vae-lit: the sweep goes on: {len(jobs) - len(bad)} of {len(jobs)} jobs can "
+                "run; the sweep summary lists the failed ones",
                 file=sys.stderr,
                 flush=True,
             )

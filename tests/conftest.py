@@ -48,6 +48,15 @@ def compose_config(
     return cfg
 
 
+@pytest.fixture(scope="session", autouse=True)
+def user_cache_dir(tmp_path_factory) -> Path:
+    """Sampler fits and code caches of model folders go to the user's cache dir: a temporary one
+    in tests (subprocesses inherit it), never the real ~/.cache."""
+    path = tmp_path_factory.mktemp("user_cache")
+    os.environ["VAE_LIT_CACHE"] = str(path)
+    return path
+
+
 @pytest.fixture
 def tiny_cfg(tmp_path: Path) -> DictConfig:
     return compose_config(tmp_path, TINY)

@@ -113,3 +113,44 @@ def test_every_comparison_lists_every_named_model_and_composes_each_job():
         assert job.data.image_size == image_size
         assert job.model.objective._target_ == "vae_lit.model.objectives.IWAE"
         assert job.trainer.max_epochs == sweep.trainer.max_epochs  # one budget for every model
+
+
+def fake_sweep(sweep_dir: Path, data: str = "vae_lit.data.SpritesDataModule") -> Path:
+    job = sweep_dir / "0"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("- model.net.latent_dim=4\n")
+    (job / ".hydra" / "config.yaml").write_text(f"data:\n  _target_: {data}\n  image_size: 32\n")
+    return sweep_dir
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (lambda t: [str(t / "empty")], "holds no sweep jobs"),
+        (lambda t: [str(t / "sweep" / "0")], "holds no sweep jobs"),
+        (lambda t: [str(t / "sweep"), "--figure", "/nonexistent_19/x.png"], "its folder"),
+        (lambda t: [str(t / "sweep"), "--figure", str(t)], "is a folder"),
+        (lambda t: ["--headline", str(t / "sweep")], "needs a name: pass NAME=DIR"),
+        (lambda t: [str(t / "sweep"), str(t / "celeba")], "trained on different data"),
+    ],
+)
+def test_a_comparison_of_nothing_or_of_unlike_sweeps_is_one_line(tmp_path: Path, args, message):
+    """Issue 19.16: an empty or a run dir printed an empty table with rc 0, --figure
+    /nonexistent/x.png created a folder at /, --headline DIR read the current dir, and sprites
+    and CelebA sweeps merged into one table."""
+    (tmp_path / "empty").mkdir()
+    fake_sweep(tmp_path / "sweep")
+    fake_sweep(tmp_path / "celeba", "vae_lit.data.CelebADataModule")
+    with pytest.raises(SystemExit) as exit:
+        main(args(tmp_path))
+    assert message in str(exit.value.code)
+    assert not Path("/nonexistent_19").exists()
+
+
+@pytest.mark.parametrize("option", ["--samples", "--nrow", "--sample-px", "--panels-per-row"])
+def test_a_zero_count_is_a_usage_error(tmp_path: Path, option, capsys):
+    """Issue 19.16: these gave tracebacks."""
+    with pytest.raises(SystemExit) as exit:
+        main([str(fake_sweep(tmp_path / "sweep")), option, "0"])
+    assert exit.value.code == 2
+    assert f"argument {option}: 0 must be a positive integer" in capsys.readouterr().err

@@ -323,3 +323,59 @@ def test_too_few_images_for_a_split_say_which_and_the_fix(tmp_path: Path):
     alone = folder_module(tmp_path / "two", tmp_path / "cache", val_fraction=0, test_fraction=0)
     alone.setup("fit")
     assert len(alone.splits["train"]) == 2
+
+
+@pytest.mark.slow
+def test_data_root_points_a_trained_model_at_moved_data_on_every_entry_point(tmp_path: Path):
+    """Issue 19.7: `eval ckpt=... data.root=/new` said `data is not a config key`, `+data.root`
+    gave a traceback, and `sample sampler=gmm` took no data override at all."""
+    from vae_lit.train import train
+
+    write_jpegs(tmp_path / "faces", 24)
+    overrides = [
+        "data=folder",
+        f"data.root={tmp_path / 'faces'}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.image_size=16",
+        "data.batch_size=8",
+        "model.net.latent_dim=4",
+        "model.net.hidden_channels=[8,16]",
+        "trainer=cpu",
+        "trainer.max_epochs=1",
+        "logger=csv",
+        "test=false",
+    ]
+    train(compose_config(tmp_path / "run", overrides))
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    (tmp_path / "faces").rename(tmp_path / "moved")
+    new_root = f"data.root={tmp_path / 'moved'}"
+    evaluated = run_module(
+        "vae_lit.eval",
+        f"ckpt={ckpt}",
+        new_root,
+        "eval.k=2",
+        f"eval.json={tmp_path / 'eval.json'}",
+        f"hydra.run.dir={tmp_path / 'eval'}",
+        cwd=ROOT,
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert (tmp_path / "eval.json").is_file()
+    drawn = run_module(
+        "vae_lit.sample",
+        f"ckpt={ckpt}",
+        new_root,
+        "sampler=gmm",
+        "samplers.gmm.num_components=2",
+        "n=4",
+        f"out={tmp_path / 'gmm.png'}",
+        f"hydra.run.dir={tmp_path / 'sample'}",
+        cwd=ROOT,
+    )
+    assert drawn.returncode == 0, drawn.stderr[-3000:]
+    assert (tmp_path / "gmm.png").is_file()
+    # without the override the moved data is missed, in one line naming the key
+    missed = run_module(
+        "vae_lit.eval", f"ckpt={ckpt}", f"hydra.run.dir={tmp_path / 'eval2'}", cwd=ROOT
+    )
+    assert missed.returncode == 2 and "Traceback" not in missed.stderr
+    assert "data.root" in missed.stderr

@@ -245,3 +245,74 @@ def test_the_notebook_opens_the_folder(exported, tmp_path, monkeypatch):
     client.execute()  # raises CellExecutionError on the first failing cell
     outputs = [output for cell in notebook.cells for output in cell.get("outputs", [])]
     assert sum("image/png" in output.get("data", {}) for output in outputs) == 4
+
+
+def test_every_file_of_the_folder_has_the_same_mode(exported):
+    """Issue 19.9: model.safetensors was 0600 while config.json was 0644."""
+    _, out = exported
+    modes = {path.name: oct(path.stat().st_mode & 0o777) for path in out.iterdir()}
+    assert len(set(modes.values())) == 1, modes
+
+
+def test_a_mistyped_local_folder_is_refused_at_once(exported, tmp_path, monkeypatch):
+    """Issue 19.8: `exports/sprites-vae` that does not exist was taken for a Hub repo id: 27 s of
+    network retries, then a LocalEntryNotFoundError traceback."""
+    import time
+
+    (tmp_path / "exports").mkdir()
+    monkeypatch.chdir(tmp_path)
+    started = time.monotonic()
+    with pytest.raises(UserError, match="model folder exports/sprites-vae does not exist"):
+        VAELitModule.from_pretrained("exports/sprites-vae")
+    assert time.monotonic() - started < 2
+
+
+def set_in_config(folder: Path, section: str, key: str, value) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    (config[section] if section else config)[key] = value
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def cast_weights(folder: Path, change) -> None:
+    import safetensors.torch
+
+    weights = safetensors.torch.load_file(folder / "model.safetensors")
+    safetensors.torch.save_file(change(weights), folder / "model.safetensors")
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda f: set_in_config(f, "", "global_step", "abc"), "global_step is 'abc', not an"),
+        (
+            lambda f: set_in_config(
+                f,
+                "model",
+                "net",
+                {
+                    **json.loads((f / "config.json").read_text())["model"]["net"],
+                    "latent_dim": [64],
+                },
+            ),
+            "its model config does not build",
+        ),
+        (
+            lambda f: cast_weights(f, lambda w: {k: v.long() for k, v in w.items()}),
+            "is torch.int64 where the model holds torch.float32",
+        ),
+        (
+            lambda f: cast_weights(f, lambda w: {k: v * float("nan") for k, v in w.items()}),
+            "holds NaN or infinite values",
+        ),
+    ],
+)
+def test_a_folder_with_wrong_types_or_nan_weights_is_refused_on_load(
+    exported, tmp_path, damage, message
+):
+    """Issue 19.13: these gave tracebacks, loaded silently (int64 weights), or sampled fine and
+    crashed eval after all the work (NaN weights)."""
+    folder = copy_of(exported[1], tmp_path)
+    damage(folder)
+    with pytest.raises(UserError, match=message) as error:
+        load_checkpoint(folder)
+    assert len(str(error.value).splitlines()) == 1

@@ -61,10 +61,15 @@ def test_skip_drops_the_update_of_a_non_finite_batch_then_stops_after_max_skips(
     assert saved["global_step"] == 4  # all 4 batches went through the loop...
     assert saved["optimizer_states"][0]["state"] == {}  # ...and none moved a weight
 
-    with pytest.raises(NonFiniteLossError, match=r"at step 2 .* after skipping 2 batches"):
+    with pytest.raises(NonFiniteLossError, match=r"at step 2 .* after skipping 2 batches") as e:
         train(
             compose_config(tmp_path / "b", [*overrides, "callbacks.non_finite_loss.max_skips=2"])
         )
+    # issue 19.14: the advice was to lower the learning rate, which cannot help here
+    assert str(e.value).endswith(
+        "model.objective.kl_schedule.beta=inf makes every training loss infinite; give beta a "
+        "finite value"
+    )
 
 
 def run_cli_in_process(args: list[str]) -> int:

@@ -41,3 +41,32 @@ def test_notebook_runs_top_to_bottom_on_a_checkpoint(tiny_run, tmp_path: Path, m
     assert str(ckpt) in text
     assert "IWAE NLL (k=4)" in text and "active units" in text
     assert list(tmp_path.iterdir()) == []  # exploring writes nothing
+
+
+@pytest.mark.slow
+def test_notebook_says_in_one_line_that_a_vqvae_is_not_for_it(tmp_path: Path, monkeypatch):
+    """Issue 19.11: a VQ-VAE folder failed with "too many values to unpack", a prior checkpoint
+    with an AttributeError."""
+    import nbclient.exceptions
+
+    from tests.conftest import compose_config
+    from tests.test_vqvae import VQ_TINY
+    from vae_lit.train import train
+
+    train(
+        compose_config(tmp_path / "vq", [*VQ_TINY, "test=false", "trainer.limit_train_batches=1"])
+    )
+    monkeypatch.setenv("VAE_LIT_CKPT", str(tmp_path / "vq" / "checkpoints" / "last.ckpt"))
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    client = NotebookClient(
+        notebook,
+        timeout=120,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(tmp_path)}},
+        env={**os.environ},
+    )
+    with pytest.raises(nbclient.exceptions.CellExecutionError) as error:
+        client.execute()
+    assert "holds a VQVAELitModule; this notebook explores a VAE's latent vector" in str(
+        error.value
+    )

@@ -2,6 +2,7 @@
 its NLL by hand, and `vae_lit.train_prior` -> `vae_lit.sample` / `vae_lit.eval` on a real tiny
 VQ-VAE."""
 
+import csv
 import json
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 
 from tests.conftest import ROOT, compose_config, run_module
 from tests.test_vqvae import VQ_TINY
-from vae_lit.errors import UserError
+from vae_lit.errors import UserError, find_user_error
 from vae_lit.networks.pixelcnn import GatedPixelCNN
 
 SIDE = 5
@@ -225,3 +226,107 @@ def test_each_ddp_rank_extracts_codes_on_its_own_gpu(monkeypatch, env, expected)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert this_process_gpu() == torch.device("cuda", expected)
+
+
+# -- issue 19: codebooks above int16, a guarded and resumable run dir, a moved logs/ -------------
+ONE_STEP = ["trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "test=false"]
+
+
+@pytest.mark.slow
+def test_a_codebook_above_32767_codes_trains_a_prior_and_a_wrapped_cache_is_redone(
+    tmp_path, caplog
+):
+    """Issue 19.3: codes were cached as int16 and wrapped above 32767; train_prior died with an
+    IndexError, and the corrupt cache was reused on every rerun."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from vae_lit.train import train
+    from vae_lit.train_prior import train_prior
+
+    vq_dir = tmp_path / "vq"
+    big = ["model.net.quantizer.num_codes=40000", "model.net.quantizer.dead_code_threshold=0"]
+    train(compose_config(vq_dir, [*VQ_TINY, *big, *ONE_STEP]))
+    vq_ckpt = vq_dir / "checkpoints" / "last.ckpt"
+    # the codes below 32768 moved far away: every image is coded with the high ones
+    checkpoint = torch.load(vq_ckpt, weights_only=True)
+    checkpoint["state_dict"]["net.quantizer.embedding"][:32768] += 1e4
+    torch.save(checkpoint, vq_ckpt)
+    prior = [f"ckpt={vq_ckpt}", *PRIOR_TINY, "trainer.max_epochs=1", *ONE_STEP]
+    train_prior(compose_config(tmp_path / "prior", prior, "train_prior"))
+    cache = vq_ckpt.parent / "last.ckpt.codes.safetensors"
+    with safe_open(str(cache), framework="pt") as saved:
+        codes, key = {k: saved.get_tensor(k) for k in saved.keys()}, saved.metadata()
+    assert codes["train"].dtype == torch.int32 and int(codes["train"].max()) > 32767
+    # the cache an older vae-lit wrote: the same key, int16 codes that wrapped below zero
+    save_file({k: v.to(torch.int16) for k, v in codes.items()}, str(cache), metadata=key)
+    with caplog.at_level("WARNING", logger="vae_lit.model.code_prior"):
+        train_prior(compose_config(tmp_path / "prior2", prior, "train_prior"))
+    assert "is not a usable codes cache (its train codes leave 0..39999)" in caplog.text
+    with safe_open(str(cache), framework="pt") as saved:
+        assert saved.get_tensor("train").dtype == torch.int32  # extracted and cached again
+
+
+@pytest.mark.slow
+def test_train_prior_guards_its_run_dir_and_resumes(prior_run, tmp_path, capsys):
+    """Issue 19.5: the same command into the same dir silently started over (last.ckpt and the
+    pictures overwritten, epoch_NNN-v1.ckpt, a second history in metrics.csv); resume=auto was
+    not a config key."""
+    from vae_lit.train_prior import train_prior
+
+    vq_ckpt, _, _ = prior_run
+    run_dir = tmp_path / "prior"
+    args = [f"ckpt={vq_ckpt}", *PRIOR_TINY, "test=false"]
+    train_prior(compose_config(run_dir, [*args, "trainer.max_epochs=1"], "train_prior"))
+    first = (run_dir / "checkpoints" / "last.ckpt").read_bytes()
+    again = compose_config(run_dir, [*args, "trainer.max_epochs=2"], "train_prior")
+    with pytest.raises(UserError, match=f"{run_dir} already holds a run .*add resume=auto"):
+        train_prior(again)
+    assert (run_dir / "checkpoints" / "last.ckpt").read_bytes() == first
+    resumed = compose_config(
+        run_dir, [*args, "trainer.max_epochs=2", "resume=auto"], "train_prior"
+    )
+    train_prior(resumed)
+    names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert not [n for n in names if "-v1" in n], names
+    (metrics,) = run_dir.rglob("metrics.csv")
+    with open(metrics) as file:
+        epochs = [row["epoch"] for row in csv.DictReader(file)]
+    assert set(epochs) == {"0", "1"}  # one history: epoch 1 appended under epoch 0, one header
+
+
+@pytest.mark.slow
+def test_a_prior_finds_its_vqvae_after_logs_moved_or_takes_vqvae_on_the_command_line(
+    prior_run, tmp_path
+):
+    """Issue 19.6: a prior stored its VQ-VAE's absolute path only: moving logs/ made it unusable,
+    with no override."""
+    import shutil
+
+    from vae_lit.sample import sample
+
+    vq_ckpt, prior_dir, _ = prior_run
+    vq_run = vq_ckpt.parents[1]
+    moved = tmp_path / "moved_logs"
+    shutil.copytree(vq_run, moved / vq_run.name)
+    shutil.copytree(prior_dir, moved / prior_dir.name)
+    prior_ckpt = moved / prior_dir.name / "checkpoints" / "last.ckpt"
+    hidden = vq_run.with_name(vq_run.name + "_hidden")
+    vq_run.rename(hidden)  # the old logs/ is gone
+    try:
+        out = tmp_path / "a.png"
+        cfg = compose_config(tmp_path, [f"ckpt={prior_ckpt}", "n=4", f"out={out}"], "sample")
+        assert sample(cfg) == out
+        alone = tmp_path / "alone.ckpt"  # a prior copied away from its logs/
+        shutil.copy(prior_ckpt, alone)
+        cfg = compose_config(tmp_path, [f"ckpt={alone}", "n=4", f"out={out}"], "sample")
+        with pytest.raises(Exception) as error:  # noqa: PT011  Hydra wraps it; the CLI unwraps
+            sample(cfg)
+        assert "is gone; pass vqvae=<its new path> if it moved" in str(
+            find_user_error(error.value)
+        )
+        new_vq = moved / vq_run.name / "checkpoints" / "last.ckpt"
+        overrides = [f"ckpt={alone}", "n=4", f"out={out}", f"vqvae={new_vq}"]
+        assert sample(compose_config(tmp_path, overrides, "sample")) == out
+    finally:
+        hidden.rename(vq_run)

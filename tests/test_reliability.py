@@ -546,6 +546,9 @@ def test_a_type_error_inside_a_constructor_keeps_its_traceback(tmp_path: Path, c
         ("out={tmp}", "out={tmp} is a folder; pass a file name"),
         ("out=/nonexistent_dir/x.png", "out=/nonexistent_dir/x.png: its folder /nonexistent_dir"),
         ("out={tmp}/x.unknown", "out={tmp}/x.unknown names no image format"),
+        ("temperature=nan", "temperature=nan must be a number >= 0.001"),
+        ("temperature=1e-40", "temperature=1e-40 must be a number >= 0.001"),
+        ("temperature=abc", "temperature=abc must be a number >= 0.001"),
     ],
 )
 def test_a_bad_sample_argument_is_one_line_before_the_checkpoint_is_read(
@@ -571,3 +574,159 @@ def test_eval_next_to_a_read_only_checkpoint_stops_before_evaluating(
     assert line.startswith(f"eval.json={small_disk / 'eval.json'} cannot be written (Read-only")
     assert "pass eval.json=<a writable path>" in line
     assert "Evaluating" not in captured.out  # refused before the evaluation, not after it
+
+
+def test_a_read_only_checkpoint_samples_and_evaluates_its_fit_kept_in_the_user_cache(
+    tiny_run, small_disk: Path, tmp_path: Path, monkeypatch, capsys
+):
+    """Issue 19.4: sample sampler=gmm and eval (its samplers include gmm) ended in a
+    SafetensorError traceback saving the fit beside a read-only checkpoint, after the work."""
+    ckpt_path, _ = tiny_run
+    shutil.copy(ckpt_path, small_disk / "last.ckpt")
+    remount_read_only(small_disk)
+    ckpt = small_disk / "last.ckpt"
+    out = tmp_path / "gmm.png"
+    args = [f"ckpt={ckpt}", "sampler=gmm", "n=4", "nrow=2", f"out={out}"]
+    assert cli("sample", [*args, f"hydra.run.dir={tmp_path / 'sample'}"]) in (None, 0)
+    assert out.is_file()
+    cache = Path(os.environ["VAE_LIT_CACHE"])
+    assert list(cache.rglob("last.ckpt.gmm.safetensors"))  # kept where the user can write
+    json_path = tmp_path / "eval.json"
+    eval_args = [f"ckpt={ckpt}", "eval.k=2", f"eval.json={json_path}", "eval.log_to_run=false"]
+    assert cli("eval", [*eval_args, f"hydra.run.dir={tmp_path / 'eval'}"]) in (None, 0)
+    assert "gmm" in json.loads(json_path.read_text())["latent_log_likelihood"]
+    # no writable place at all: the evaluation is still written; the fit is not kept, one warning
+    monkeypatch.setenv("VAE_LIT_CACHE", str(small_disk / "cache"))
+    json_path.unlink()
+    capsys.readouterr()
+    assert cli("eval", [*eval_args, f"hydra.run.dir={tmp_path / 'eval2'}"]) in (None, 0)
+    assert json_path.is_file()
+    logged = capsys.readouterr().out
+    assert "The gmm fit is not saved" in logged and "Read-only file system" in logged
+
+
+INGREDIENT_MISTAKES = [
+    (
+        ["model/likelihood=discretized_logistic_mixture", "model.likelihood.num_components=-3"],
+        "model.likelihood.num_components=-3 must be a positive integer",
+    ),
+    (
+        ["model/likelihood=discretized_logistic_mixture", "model.likelihood.num_components=abc"],
+        "model.likelihood.num_components=abc must be a positive integer",
+    ),
+    (
+        ["model/prior=vamp", "model.prior.image_size=64"],
+        "model.prior.image_size=64 must equal data.image_size=16 (the VampPrior's pseudo-inputs",
+    ),
+    (
+        ["model/prior=vamp", "model.prior.channels=1"],
+        "model.prior.channels=1 must equal data.channels=3",
+    ),
+    (
+        ["model/likelihood=gaussian", "model.likelihood.learn_scale=maybe"],
+        "model.likelihood.learn_scale=maybe must be true or false",
+    ),
+    (
+        ["model=vqvae", "model.net.quantizer.num_codes=2.5"],
+        "model.net.quantizer.num_codes=2.5 must",
+    ),
+    (
+        ["model/objective=info_vae", "data.batch_size=1"],
+        "data.batch_size=1 is too small for InfoVAE, which compares the codes within a batch",
+    ),
+    (["eval_after_train.enabled=true", "eval_after_train.k=0"], "eval_after_train.k=0 must be a"),
+    (
+        ["model/objective=iwae", "model.objective.k=100000000"],
+        "model.objective.k=100000000 decodes k x data.batch_size=16 images at once: at least",
+    ),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), INGREDIENT_MISTAKES)
+def test_an_ingredient_value_no_run_can_use_is_one_line_before_training(
+    tmp_path: Path, overrides, message
+):
+    """Issue 19.14 and 19.15: these were accepted silently, or failed after the data was read
+    (eval_after_train.k=0: after the whole run)."""
+    from vae_lit.train import train
+
+    tiny = [o for o in TINY if not (overrides[0] == "model=vqvae" and o.startswith("model.net"))]
+    with pytest.raises(UserError) as error:
+        train(compose_config(tmp_path, [*tiny, *overrides]))
+    assert str(error.value).startswith(message), error.value
+    assert not (tmp_path / "checkpoints").exists()
+
+
+EVAL_MISTAKES = [
+    ("eval.k=0", "eval.k=0 must be a positive integer"),
+    ("eval.k=-5", "eval.k=-5 must be a positive integer"),
+    ("eval.k=abc", "eval.k=abc must be a positive integer"),
+    ("eval.k=1.5", "eval.k=1.5 must be a positive integer"),
+    ("eval.mig_bins=0", "eval.mig_bins=0 must be a positive integer"),
+    ("eval.active_threshold=abc", "eval.active_threshold=abc must be a number >= 0"),
+    ("eval.samplers=[gmm,bogus]", "eval.samplers: bogus is not a sampler; use some of: gmm,"),
+    ("eval.batch_size=-3", "eval.batch_size=-3 must be a positive integer, or null"),
+    ("ckpt=null", "ckpt is not set; pass ckpt=<run dir>/checkpoints/last.ckpt"),
+    ("ckpt=", "ckpt is not set; pass ckpt=<run dir>/checkpoints/last.ckpt"),
+]
+
+
+@pytest.mark.parametrize(("override", "message"), EVAL_MISTAKES)
+def test_a_bad_eval_option_is_one_line_before_the_model_is_read(
+    tiny_run, tmp_path: Path, capsys, override, message
+):
+    """Issue 19.15 and 19.18: some of these failed only after the whole evaluation, `ckpt=null`
+    gave a traceback and `ckpt=` (make eval without CKPT) read the current folder."""
+    ckpt, _ = tiny_run
+    args = [f"ckpt={ckpt}", override, f"hydra.run.dir={tmp_path}"]
+    assert cli("eval", args) == 2
+    captured = capsys.readouterr()
+    assert one_error_line(captured.err).startswith(message)
+    assert "Evaluating" not in captured.out
+
+
+def test_a_run_dir_or_a_model_folder_in_the_wrong_place_says_what_to_pass(
+    tiny_run, tmp_path: Path
+):
+    """Issue 19.18: `eval ckpt=<run dir>` suggested exporting into the run dir; `train
+    ckpt_path=<model folder>` said the folder does not exist."""
+    from vae_lit.persistence.checkpoint import load_checkpoint
+    from vae_lit.train import train
+
+    ckpt, _ = tiny_run
+    run_dir = ckpt.parents[1]
+    with pytest.raises(UserError, match=f"it is a run dir; pass ckpt={ckpt}"):
+        load_checkpoint(run_dir)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    with pytest.raises(
+        UserError, match=f"ckpt_path={folder} is a folder; ckpt_path takes a .ckpt"
+    ):
+        train(compose_config(tmp_path / "run", [*TINY, f"ckpt_path={folder}"]))
+
+
+def test_export_refuses_a_folder_at_the_root_a_file_as_parent_and_a_full_disk_in_one_line(
+    tiny_run, small_disk: Path, tmp_path: Path, capsys
+):
+    """Issue 19.17: out=/nonexist_vae/m created a folder at /, out=<file>/m and a full disk gave
+    tracebacks."""
+    ckpt, _ = tiny_run
+    (tmp_path / "a_file").write_text("")
+    cases = [
+        ("/nonexist_vae_19/m", "out=/nonexist_vae_19/m: its folder /nonexist_vae_19 does not"),
+        (f"{tmp_path / 'a_file'}/m", f"out={tmp_path / 'a_file'}/m: {tmp_path / 'a_file'} is a"),
+    ]
+    for out, message in cases:
+        assert cli("export", [f"ckpt={ckpt}", f"out={out}", f"hydra.run.dir={tmp_path}"]) == 2
+        assert one_error_line(capsys.readouterr().err).startswith(message)
+    assert not Path("/nonexist_vae_19").exists()
+    with open(small_disk / "filler", "wb") as filler:  # the disk full but for a few KB
+        try:
+            while True:
+                filler.write(b"\0" * 65536)
+        except OSError:
+            pass
+    out = small_disk / "model"
+    assert cli("export", [f"ckpt={ckpt}", f"out={out}", f"hydra.run.dir={tmp_path}"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"out={out} cannot be written (No space left on device)"), line

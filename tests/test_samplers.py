@@ -184,3 +184,100 @@ def test_eval_scores_the_posterior_means_under_each_sampler(vae_ckpt, tmp_path, 
     assert json.loads((vae_ckpt.parent / "eval.json").read_text())["latent_log_likelihood"] == (
         scores
     )
+
+
+# -- where fits live: never in someone else's folder, never lost to a read-only one -------------
+@pytest.fixture
+def vae_folder(vae_ckpt, tmp_path) -> Path:
+    from vae_lit.export import export
+
+    out = tmp_path / "exp" / "vae"
+    export(compose_config(tmp_path, [f"ckpt={vae_ckpt}", f"out={out}"], "export"))
+    return out
+
+
+def gmm_cfg():
+    return OmegaConf.create(
+        {"_target_": "vae_lit.sampling.gmm.GaussianMixture", "num_components": 2}
+    )
+
+
+def test_a_model_folders_fit_survives_what_eval_and_export_write_into_it(vae_folder, caplog):
+    """Issue 19.2: the folder's fingerprint hashed eval.json, README.md and the pictures, so an
+    eval into the folder invalidated its fits (and a VQ-VAE prior trained from it)."""
+    from vae_lit.persistence.checkpoint import load_checkpoint
+    from vae_lit.persistence.fingerprint import fingerprint
+    from vae_lit.sampling.draws import data_factory
+
+    module, run_cfg = load_checkpoint(vae_folder)
+    before = fingerprint(vae_folder)
+    fitted_sampler("gmm", gmm_cfg(), module, vae_folder, data_factory(run_cfg.data))
+    (vae_folder / "eval.json").write_text('{"iwae_nll": 1.0}\n')
+    (vae_folder / "README.md").write_text("a new card\n")
+    (vae_folder / "kl.png").write_bytes(b"png")
+    assert fingerprint(vae_folder) == before
+
+    def no_data():
+        raise AssertionError("the fit must be reused")
+
+    with caplog.at_level("INFO", logger="vae_lit.sampling.fits"):
+        fitted_sampler("gmm", gmm_cfg(), module, vae_folder, no_data)
+    assert "Reusing the gmm sampler" in caplog.text
+    (vae_folder / "model.safetensors").write_bytes(b"other weights")
+    assert fingerprint(vae_folder) != before
+
+
+def test_a_model_folders_fit_goes_to_the_user_cache_not_beside_the_folder(
+    vae_folder, user_cache_dir
+):
+    """Issue 19.10: fits of exp/vae were written as exp/vae.gmm.* into the folder's parent (for a
+    Hub download, its snapshots/ folder)."""
+    from vae_lit.persistence.checkpoint import load_checkpoint
+    from vae_lit.sampling.draws import data_factory
+
+    module, run_cfg = load_checkpoint(vae_folder)
+    before = sorted(vae_folder.parent.rglob("*"))
+    fitted_sampler("gmm", gmm_cfg(), module, vae_folder, data_factory(run_cfg.data))
+    assert sorted(vae_folder.parent.rglob("*")) == before
+    tensors, record = sampler_paths(vae_folder, "gmm")
+    assert tensors.is_file() and record.is_file() and user_cache_dir in tensors.parents
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"_target_": "vae_lit.sampling.gmm.GaussianMixture", "tol": math.nan}, "tol=nan"),
+        ({"_target_": "vae_lit.sampling.gmm.GaussianMixture", "reg_covar": 0.0}, "reg_covar=0.0"),
+        ({"_target_": "vae_lit.sampling.two_stage.TwoStageVAE", "lr": math.nan}, "lr=nan > 0"),
+    ],
+)
+def test_sampler_settings_that_cannot_fit_are_one_line(settings, message):
+    """Issue 19.12: tol=nan was accepted; reg_covar=0 and lr=nan gave tracebacks."""
+    from hydra.utils import instantiate
+
+    from vae_lit.errors import find_user_error
+
+    with pytest.raises(Exception) as error:  # noqa: PT011  Hydra wraps it; the CLI unwraps it
+        instantiate(OmegaConf.create(settings))
+    assert message in str(find_user_error(error.value))
+
+
+def test_a_diverged_fit_is_refused_and_not_saved(vae_ckpt):
+    """Issue 19.12: two_stage.lr=1e6 saved a fit with a NaN loss, drew an all-black grid with rc 0
+    and made eval print nan nats."""
+    from vae_lit.persistence.checkpoint import load_checkpoint
+    from vae_lit.sampling.draws import data_factory
+
+    module, run_cfg = load_checkpoint(vae_ckpt)
+    cfg = OmegaConf.create(
+        {
+            "_target_": "vae_lit.sampling.two_stage.TwoStageVAE",
+            "lr": 1e6,
+            "steps": 300,
+            "hidden_dim": 16,
+            "importance_samples": 2,
+        }
+    )
+    with pytest.raises(UserError, match="the two_stage sampler's fit diverged .* is not saved"):
+        fitted_sampler("two_stage", cfg, module, vae_ckpt, data_factory(run_cfg.data))
+    assert not any(path.is_file() for path in sampler_paths(vae_ckpt, "two_stage"))

@@ -171,3 +171,56 @@ def test_the_optuna_search_composes_as_documented():
         "model.optimizer.lr",
         "model.objective.kl_schedule.beta",
     }
+
+
+@pytest.mark.slow
+def test_a_failing_job_is_a_failed_row_and_the_sweep_goes_on_to_its_summary(tmp_path: Path):
+    """Issue 19.1: job 0's config error (k=0) used to end the sweep with rc 2 before job 1 ran,
+    and no summary was written."""
+    sweep_dir = tmp_path / "sweep"
+    result = run_module(
+        "vae_lit.train",
+        "-m",
+        *TINY,
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+        "model/objective=iwae",
+        "model.objective.k=0,2",
+        f"hydra.sweep.dir={sweep_dir}",
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "job 0 of 2 will fail: model.objective.k=0" in result.stderr  # before any job ran
+    assert "job 0 failed: model.objective.k=0" in result.stderr
+    assert f"its log: {sweep_dir / '0' / 'train.log'}" in result.stderr
+    assert "Traceback" not in result.stderr
+    rows = read_summary(sweep_dir)
+    assert [row["status"].split(":")[0] for row in rows] == ["failed", "finished"]
+    assert "model.objective.k=0" in rows[0]["status"]
+    assert (sweep_dir / "summary.md").is_file()
+    assert "1 of 2 jobs did not finish: job 0" in result.stdout
+
+
+@pytest.mark.slow
+def test_a_job_that_crashes_is_a_failed_row_with_its_traceback_in_its_log(tmp_path: Path):
+    """Issue 19.1: an ordinary exception in one job (`model/prior=vamp model.prior.image_size=
+    32,64`, a config check since; here a TypeError from a constructor, which may be a bug) ended
+    the sweep in a traceback, with no summary."""
+    sweep_dir = tmp_path / "sweep"
+    result = run_module(
+        "vae_lit.train",
+        "-m",
+        *TINY,
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+        "test=false",
+        "model.prior.latent_dim=4,[4]",
+        f"hydra.sweep.dir={sweep_dir}",
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "job 1 failed: " in result.stderr
+    rows = read_summary(sweep_dir)
+    assert [row["status"].split(":")[0] for row in rows] == ["finished", "failed"]
+    assert "Traceback" in (sweep_dir / "1" / "train.log").read_text()

@@ -25,11 +25,12 @@ from omegaconf import DictConfig
 from PIL import Image, ImageDraw, ImageFont
 
 from vae_lit.callbacks.image_grids import image_grid
+from vae_lit.errors import UserError
 from vae_lit.evaluation.vq import is_vq_model
 from vae_lit.model.code_prior import CodePriorLitModule
-from vae_lit.persistence.atomic_write import atomic_path, write_text_atomic
+from vae_lit.persistence.atomic_write import atomic_path, check_output_file, write_text_atomic
 from vae_lit.persistence.checkpoint import load_checkpoint
-from vae_lit.runs.sweep_summary import EVAL_FILE, summary_rows
+from vae_lit.runs.sweep_summary import EVAL_FILE, job_dirs, summary_rows
 
 log = logging.getLogger(__name__)
 
@@ -256,9 +257,9 @@ class CompareFigure(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
-        try:
-            figure = compare_figure(sweep_dir, sweep_dir / FIGURE_FILE, **self.options)
+        try:  # the table first: a figure that cannot be drawn must not cost it
             write_text_atomic(sweep_dir / TABLE_FILE, results_table(sweep_dir))
+            figure = compare_figure(sweep_dir, sweep_dir / FIGURE_FILE, **self.options)
         except Exception as exc:  # noqa: BLE001  the sweep's own results are already on disk
             log.warning(f"Compare figure not drawn: {exc}")
             return
@@ -288,6 +289,30 @@ def headline_table(sweeps: dict[str, Path | list[Path]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def positive(text: str) -> int:
+    """argparse type: a positive integer, else argparse's one-line usage error."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be a positive integer")
+    return value
+
+
+def data_set_of(sweep_dir: Path) -> str | None:
+    """`<data target> <size> px` of a sweep's first job, from its `.hydra/config.yaml`."""
+    from omegaconf import OmegaConf
+
+    for job in job_dirs(sweep_dir):
+        try:
+            data = OmegaConf.load(job / ".hydra" / "config.yaml").get("data") or {}
+        except Exception:  # noqa: BLE001  an unreadable job config: the next job
+            continue
+        return f"{str(data.get('_target_', '?')).rsplit('.', 1)[-1]} {data.get('image_size')} px"
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m vae_lit.compare",
@@ -298,17 +323,35 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("sweeps", nargs="+", help="sweep dirs; NAME=DIR ... with --headline")
     parser.add_argument("--headline", action="store_true", help="the README's summary table")
     parser.add_argument("--figure", type=Path, help="also draw the side-by-side samples here")
-    parser.add_argument("--samples", type=int, default=16)
-    parser.add_argument("--nrow", type=int, default=4, help="samples per row of a panel")
-    parser.add_argument("--sample-px", type=int, default=64, help="size of each sample drawn")
-    parser.add_argument("--panels-per-row", type=int, default=4)
+    parser.add_argument("--samples", type=positive, default=16)
+    parser.add_argument("--nrow", type=positive, default=4, help="samples per row of a panel")
+    parser.add_argument("--sample-px", type=positive, default=64, help="size of each sample")
+    parser.add_argument("--panels-per-row", type=positive, default=4)
     args = parser.parse_args(argv)
     named = [item.partition("=")[::2] if args.headline else ("", item) for item in args.sweeps]
     for name, sweep_dir in named:
-        if not Path(sweep_dir).is_dir() or (args.headline and not name):
+        if args.headline and not (name and sweep_dir):  # `--headline DIR` is not the cwd
+            sys.exit(f"vae-lit: error: {name or sweep_dir} needs a name: pass NAME=DIR")
+        if not Path(sweep_dir).is_dir():
+            sys.exit(f"vae-lit: error: {sweep_dir} is not a folder; pass a multirun's sweep dir")
+        if not job_dirs(Path(sweep_dir)):
+            where = "<job>/.hydra/overrides.yaml"
             sys.exit(
-                f"vae-lit: error: {sweep_dir} is not a sweep dir; pass NAME=DIR with --headline"
+                f"vae-lit: error: {sweep_dir} holds no sweep jobs (no {where}); pass a "
+                "multirun's sweep dir (logs/train/multiruns/<time>), not a run dir"
             )
+    if args.figure:
+        try:
+            check_output_file(args.figure, "--figure")
+        except UserError as error:
+            sys.exit(f"vae-lit: error: {error}")
+    kinds = {d: data_set_of(Path(d)) for _, d in named}
+    if not args.headline and len(set(kinds.values())) > 1:
+        shown = ", ".join(f"{d}: {kind}" for d, kind in kinds.items())
+        sys.exit(
+            f"vae-lit: error: these sweeps trained on different data ({shown}); one table "
+            "compares one data set: use --headline NAME=DIR ... for several"
+        )
     if args.headline:  # a name given twice joins its sweeps, as without --headline
         by_name: dict[str, list[Path]] = {}
         for name, sweep_dir in named:

@@ -13,13 +13,13 @@ from typing import Any
 
 import hydra
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 from pytorch_lightning import LightningDataModule
 from rich.console import Console
 
 from vae_lit.callbacks.image_grids import save_png
 from vae_lit.callbacks.kl_per_layer import kl_chart, layer_labels
-from vae_lit.data.datamodule import SPLITS
+from vae_lit.data.datamodule import SPLITS, recorded_data
 from vae_lit.errors import UserError, exit_on_user_error
 from vae_lit.evaluation.checkpoint_eval import (
     bound_name,
@@ -33,15 +33,16 @@ from vae_lit.evaluation.vq import evaluate_vq_model, is_vq_model, vq_metrics_tab
 from vae_lit.persistence.atomic_write import check_output_file, write_text_atomic
 from vae_lit.persistence.checkpoint import checkpoint_step, load_checkpoint
 from vae_lit.persistence.trusted_config import check_targets
-from vae_lit.runs.config_checks import run_cli
+from vae_lit.runs.config_checks import check_eval_options, not_given, run_cli
 
 log = logging.getLogger(__name__)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate `cfg.ckpt` as the config says: print the table, write the JSON, return metrics."""
-    if OmegaConf.is_missing(cfg, "ckpt"):
+    if not_given(cfg, "ckpt"):
         raise UserError("ckpt is not set; pass ckpt=<run dir>/checkpoints/last.ckpt")
+    check_eval_options(cfg)  # every option before the work, not after it
     if cfg.split not in SPLITS:
         raise UserError(f"split={cfg.split!r} is unknown; use one of: {', '.join(SPLITS)}")
     device = resolve_device(str(cfg.device))
@@ -49,11 +50,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     beside = ckpt if ckpt.is_dir() else ckpt.parent  # a model folder keeps its eval.json inside
     json_path = Path(cfg.eval.json) if cfg.eval.get("json") else beside / "eval.json"
     check_output_file(json_path, "eval.json")  # before the evaluation, not after it
-    module, run_cfg = load_checkpoint(ckpt, map_location=str(device))
+    module, run_cfg = load_checkpoint(ckpt, map_location=str(device), vqvae=cfg.get("vqvae"))
     if cfg.eval.log_to_run:  # a stranger's logger config is refused before the work, not after
         check_targets(run_cfg.get("logger") or {}, f"checkpoint {ckpt}", "logger", "logger")
     module.to(device)
-    data_cfg = cfg.get("data") or run_cfg.get("data")
+    data_cfg = recorded_data(cfg.get("data"), run_cfg.get("data"), str(ckpt))  # data.root=/new
     if data_cfg is None:
         raise UserError(f"{ckpt} records no data; pass data=<name> (e.g. data=sprites)")
     if cfg.eval.get("batch_size"):
@@ -130,4 +131,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    run_cli(main)  # a typo in a key or a config name is one line too
+    run_cli(main, model_data=True)  # a typo is one line; data.root=/new works

@@ -17,14 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+from safetensors import SafetensorError
 
 from vae_lit.errors import UserError, exit_on_user_error
 from vae_lit.persistence.atomic_write import atomic_path, write_text_atomic
 from vae_lit.persistence.checkpoint import load_checkpoint
 from vae_lit.persistence.file_layout import CONFIG_FILE, WEIGHTS_FILE
 from vae_lit.persistence.pretrained import EVAL_FILE, SAMPLE_FILE, PretrainedVAE
-from vae_lit.runs.config_checks import run_cli
+from vae_lit.runs.config_checks import not_given, run_cli
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +61,21 @@ def sample_grid_of(ckpt: Path, epoch: Any) -> Path | None:
 def export(cfg: DictConfig) -> Path:
     """Write the model folder the config asks for; return its path."""
     for key in ("ckpt", "out"):
-        if OmegaConf.is_missing(cfg, key):
+        if not_given(cfg, key):
             raise UserError(
                 f"{key} is not set; pass ckpt=<run dir>/checkpoints/last.ckpt out=<dir>"
             )
     ckpt, out = Path(cfg.ckpt), Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"out={out} is a file; pass a folder to write the model into")
+    existing = next(p for p in out.absolute().parents if p.exists())
+    if not existing.is_dir():  # out=<a file>/m
+        raise UserError(f"out={out}: {existing} is a file; pass a folder to write the model into")
+    if not out.exists() and existing == existing.parent:  # a typo, not a request for /x
+        raise UserError(
+            f"out={out}: its folder {out.parent} does not exist; create it, or pass a path in an "
+            "existing folder"
+        )
     if out.resolve() == ckpt.resolve():
         raise UserError(f"out={out} is the folder being exported; pass another folder")
     module, _ = load_checkpoint(ckpt)
@@ -77,19 +86,25 @@ def export(cfg: DictConfig) -> Path:
     config = module.pretrained_config()
     metrics = evaluation_of(ckpt, config["global_step"])
     sample = sample_grid_of(ckpt, config["epoch"])
-    out.mkdir(parents=True, exist_ok=True)
-    if metrics is not None:
-        write_text_atomic(out / EVAL_FILE, json.dumps(metrics, indent=2) + "\n")
-    if sample is not None:
-        with atomic_path(out / SAMPLE_FILE) as partial:
-            shutil.copyfile(sample, partial)
-    module.save_pretrained(
-        out,
-        model_card_kwargs={
-            "eval_metrics": metrics,
-            "sample_image": SAMPLE_FILE if sample is not None else None,
-        },
-    )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if metrics is not None:
+            write_text_atomic(out / EVAL_FILE, json.dumps(metrics, indent=2) + "\n")
+        if sample is not None:
+            with atomic_path(out / SAMPLE_FILE) as partial:
+                shutil.copyfile(sample, partial)
+        module.save_pretrained(
+            out,
+            model_card_kwargs={
+                "eval_metrics": metrics,
+                "sample_image": SAMPLE_FILE if sample is not None else None,
+            },
+        )
+    except (OSError, SafetensorError) as exc:  # a full disk, a read-only place: one line
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise UserError(
+            f"out={out} cannot be written ({reason}); free some space there or pass another out"
+        ) from exc
     extras = [name for name, found in ((EVAL_FILE, metrics), (SAMPLE_FILE, sample)) if found]
     files = ", ".join([WEIGHTS_FILE, CONFIG_FILE, "README.md", *extras])
     name = type(module).__name__

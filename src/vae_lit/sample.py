@@ -18,16 +18,23 @@ from pathlib import Path
 import hydra
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from PIL import Image
 
 from vae_lit.callbacks.image_grids import image_grid, save_png
 from vae_lit.callbacks.latent_views import slerp
+from vae_lit.data.datamodule import recorded_data
 from vae_lit.errors import UserError, exit_on_user_error
 from vae_lit.model.vae_module import VAELitModule, to_float_images
 from vae_lit.persistence.atomic_write import check_output_file
 from vae_lit.persistence.checkpoint import load_checkpoint
-from vae_lit.runs.config_checks import non_negative_int, positive_int, run_cli, shown
+from vae_lit.runs.config_checks import (
+    non_negative_int,
+    not_given,
+    positive_int,
+    run_cli,
+    shown,
+)
 from vae_lit.sampling.draws import sample_latents
 
 log = logging.getLogger(__name__)
@@ -59,7 +66,7 @@ def latent_codes(
 
 def sample(cfg: DictConfig) -> Path:
     """Write the grid the config asks for; return its path."""
-    if OmegaConf.is_missing(cfg, "ckpt"):
+    if not_given(cfg, "ckpt"):
         raise UserError("ckpt is missing; pass ckpt=<run dir>/checkpoints/last.ckpt")
     if cfg.mode not in MODES:
         raise UserError(f"mode={cfg.mode} is unknown; use one of: {', '.join(MODES)}")
@@ -76,10 +83,12 @@ def sample(cfg: DictConfig) -> Path:
             "(each row is one path)"
         )
     temperature = cfg.get("temperature", 1.0)
-    if not (isinstance(temperature, int | float) and 0 < temperature < float("inf")):
-        raise UserError(f"temperature={shown(temperature)} must be a number > 0, e.g. 0.8")
+    # below 1e-3 a VQ prior's logits / temperature overflow to inf and draw NaN probabilities
+    if not (isinstance(temperature, int | float) and 1e-3 <= temperature < float("inf")):
+        raise UserError(f"temperature={shown(temperature)} must be a number >= 0.001, e.g. 0.8")
     device = pick_device(cfg.device)
-    module, run_cfg = load_checkpoint(cfg.ckpt)
+    module, run_cfg = load_checkpoint(cfg.ckpt, vqvae=cfg.get("vqvae"))
+    run_cfg.data = recorded_data(cfg.get("data"), run_cfg.get("data"), str(cfg.ckpt))
     module.to(device)
     if cfg.mode == "partial":
         picture, nrow = partial_samples(module, run_cfg, cfg, float(temperature))
@@ -133,4 +142,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    run_cli(main)  # a typo in a key or a config name is one line too
+    run_cli(main, model_data=True)  # a typo is one line; data.root=/new works

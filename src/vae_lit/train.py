@@ -28,12 +28,13 @@ from pytorch_lightning.utilities import rank_zero_only
 from vae_lit.callbacks.non_finite_loss import NonFiniteLossError
 from vae_lit.callbacks.resumed_optimizer import ConfiguredOptimizerSettings
 from vae_lit.callbacks.run_config import RunConfigInCheckpoint
-from vae_lit.callbacks.run_summary import RunSummary
+from vae_lit.callbacks.run_summary import RunSummary, record_failure
 from vae_lit.errors import UserError, find_user_error
 from vae_lit.evaluation.checkpoint_eval import evaluate_after_training
 from vae_lit.evaluation.vq import is_vq_model
 from vae_lit.loggers.wandb_run import finish_wandb
 from vae_lit.persistence.atomic_write import use_atomic_checkpoints
+from vae_lit.persistence.checkpoint import first_line
 from vae_lit.runs.config_checks import check_config, run_cli
 from vae_lit.runs.resume import resume_path
 from vae_lit.runs.run_dir import RunStarted, claim, is_main_process, refuse_overwrite, release
@@ -257,13 +258,34 @@ def main(cfg: DictConfig) -> float | None:
         return sweeper_value(cfg, train(cfg))
     except Exception as exc:  # a user's mistake is one line; a bug keeps its traceback
         error = find_user_error(exc)
+        if in_multirun() and rank_zero_only.rank == 0:  # a failed job fails alone
+            record_failed_job(cfg, exc, error)
+            return None
         if error is None:
             raise
         if rank_zero_only.rank == 0:  # DDP ranks all fail alike; one line is enough
             print(f"vae-lit: error: {error}", file=sys.stderr)
-        if isinstance(error, NonFiniteLossError) and in_multirun():
-            return None  # a diverged job fails alone; the sweep goes on
         sys.exit(getattr(error, "exit_code", 2))  # 143 after a SIGTERM
+
+
+def record_failed_job(cfg: DictConfig, exc: Exception, error: UserError | None) -> None:
+    """A multirun job that failed (a bad value, out of memory, a bug): its row in the sweep
+    summary says so, its log keeps the traceback, the console gets one line, and the sweep goes
+    on with the next job."""
+    job = HydraConfig.get().job
+    run_dir = cfg.paths.output_dir
+    log_file = f"{run_dir}/{cfg.task_name}.log"
+    reason = str(error) if error is not None else first_line(exc)
+    if error is None or isinstance(error, NonFiniteLossError):
+        log.error(f"Job {job.num} failed", exc_info=exc)  # the traceback, in the job's log only
+    else:
+        log.error(f"Job {job.num} failed: {reason}")
+    record_failure(run_dir, reason)
+    print(
+        f"vae-lit: error: job {job.num} failed: {reason}; its log: {log_file}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

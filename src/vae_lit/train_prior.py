@@ -17,11 +17,16 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vae_lit.callbacks.run_config import RunConfigInCheckpoint
+from vae_lit.data.datamodule import recorded_data
 from vae_lit.errors import UserError, exit_on_user_error
 from vae_lit.loggers.wandb_run import finish_wandb
 from vae_lit.model.code_prior import cached_codes, code_loader, load_vqvae
+from vae_lit.persistence.atomic_write import use_atomic_checkpoints
+from vae_lit.persistence.checkpoint import VQVAE_FROM_CHECKPOINT
 from vae_lit.persistence.fingerprint import fingerprint
-from vae_lit.runs.config_checks import run_cli
+from vae_lit.runs.config_checks import not_given, run_cli
+from vae_lit.runs.resume import resume_path
+from vae_lit.runs.run_dir import RunStarted, claim, is_main_process, refuse_overwrite, release
 from vae_lit.runs.trainer import build_trainer, instantiate_group
 
 log = logging.getLogger(__name__)
@@ -35,8 +40,23 @@ def this_process_gpu() -> torch.device:
 
 
 def train_prior(cfg: DictConfig) -> dict[str, float]:
-    """Fit (and test) the prior the config describes; return the final metrics as floats."""
-    if OmegaConf.is_missing(cfg, "ckpt"):
+    """Fit (and test) the prior the config describes; return the final metrics as floats. Its
+    run dir is guarded as `train`'s: one run at a time (a lock), no silent overwrite of an
+    earlier run, `resume=auto` continues one."""
+    if not is_main_process():  # DDP ranks 1..N work in rank 0's dir, under its lock
+        return fit_prior(cfg)
+    claim(cfg.paths.output_dir)  # a second run into this dir stops here, with one line
+    failed = True
+    try:
+        metrics = fit_prior(cfg)
+        failed = False
+    finally:
+        release(cfg.paths.output_dir, failed=failed)  # a failed start leaves the dir as it was
+    return metrics
+
+
+def fit_prior(cfg: DictConfig) -> dict[str, float]:
+    if not_given(cfg, "ckpt"):
         raise UserError(
             "ckpt is not set; pass the VQ-VAE's checkpoint: ckpt=<run dir>/checkpoints/last.ckpt"
         )
@@ -46,6 +66,7 @@ def train_prior(cfg: DictConfig) -> dict[str, float]:
         pl.seed_everything(cfg.seed, workers=True)
     ckpt = Path(cfg.ckpt).resolve()
     vqvae, vq_cfg = load_vqvae(ckpt)
+    vq_cfg.data = recorded_data(cfg.get("data"), vq_cfg.get("data"), str(ckpt))  # data.root=
     if torch.cuda.is_available():  # extracting the codes is one encoder pass: on a GPU if any
         vqvae.to(this_process_gpu())
 
@@ -66,21 +87,28 @@ def train_prior(cfg: DictConfig) -> dict[str, float]:
         cfg.model.vqvae_sha256 = fingerprint(ckpt)
         cfg.model.net.num_codes = vqvae.num_codes
         cfg.data = vq_cfg.data
+        # found again after logs/ moved: relative to this run's checkpoints/
+        checkpoints = Path(cfg.paths.output_dir).resolve() / "checkpoints"
+        cfg[VQVAE_FROM_CHECKPOINT] = os.path.relpath(ckpt, checkpoints)
     log.info(f"Instantiating model <{cfg.model._target_}>")
     model = instantiate(cfg.model)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     callbacks = instantiate_group(cfg.get("callbacks"))
     callbacks.append(RunConfigInCheckpoint(resolved))
+    # the config to the loggers once training starts: a start that fails changes nothing on disk
+    callbacks.append(RunStarted(cfg.paths.output_dir, resolved))
     loggers = instantiate_group(cfg.get("logger"))
     trainer = build_trainer(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    for logger in loggers:
-        logger.log_hyperparams(resolved)
+    use_atomic_checkpoints(trainer)  # a full disk or a kill never leaves half a checkpoint
+    ckpt_path = resume_path(cfg, trainer)  # resume=auto: this run dir's last checkpoint, if any
+    refuse_overwrite(cfg.paths.output_dir, resuming=ckpt_path is not None)
     batch_size = int(cfg.batch_size)
     try:
         trainer.fit(
             model,
             train_dataloaders=code_loader(codes["train"], batch_size, shuffle=True),
             val_dataloaders=code_loader(codes["val"], batch_size, shuffle=False),
+            ckpt_path=ckpt_path,
             weights_only=True,
         )
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -112,4 +140,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    run_cli(main)  # a typo in a key or a config name is one line too
+    run_cli(main, model_data=True)  # a typo is one line; data.root=/new works

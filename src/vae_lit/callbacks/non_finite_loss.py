@@ -14,6 +14,7 @@ decide before each update, so it reads every loss: one host sync per step.
 """
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -154,8 +155,7 @@ class NonFiniteLoss(Callback):
         skipped = f" after skipping {self.skipped} batches" if self.skipped else ""
         raise NonFiniteLossError(
             f"training loss is {loss.item()} at {self._where}{skipped}; training stopped. "
-            f"Last good checkpoint: {last_good_checkpoint(trainer)}. "
-            "Lower model.optimizer.lr or set trainer.gradient_clip_val"
+            f"Last good checkpoint: {last_good_checkpoint(trainer)}. {advice(trainer)}"
         )
 
     def state_dict(self) -> dict[str, Any]:
@@ -168,6 +168,18 @@ class NonFiniteLoss(Callback):
 def grad_scaler(trainer: Trainer) -> Any:
     """fp16's gradient scaler (16-mixed), or None (fp32, bf16)."""
     return getattr(trainer.precision_plugin, "scaler", None)
+
+
+def advice(trainer: Trainer) -> str:
+    """What to change: an infinite beta makes every loss infinite, whatever the learning rate."""
+    objective = getattr(trainer.lightning_module, "objective", None)
+    beta = getattr(getattr(objective, "kl_schedule", None), "beta", None)
+    if isinstance(beta, float) and math.isinf(beta):
+        return (
+            "model.objective.kl_schedule.beta=inf makes every training loss infinite; give "
+            "beta a finite value"
+        )
+    return "Lower model.optimizer.lr or set trainer.gradient_clip_val"
 
 
 def last_good_checkpoint(trainer: Trainer) -> str:

@@ -86,6 +86,22 @@ class RunSummary(Callback):
         self.best = state_dict.get("best")
 
 
+def record_failure(run_dir: str | Path, reason: str) -> None:
+    """Mark a run failed in its summary (a sweep job that stopped before or during training),
+    keeping what the run wrote itself when that already says how it failed."""
+    try:
+        summary = read_run_summary(run_dir) or {}
+    except UnreadableRunSummary:
+        summary = {}
+    if str(summary.get("status", "")).startswith(("failed", TERMINATED)):
+        return
+    summary["status"] = f"failed: {reason}"
+    try:
+        write_text_atomic(Path(run_dir) / RUN_SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    except OSError as exc:  # a full disk: the console line still names the failure
+        log.warning(f"Could not write {Path(run_dir) / RUN_SUMMARY_FILE}: {exc.strerror}")
+
+
 def read_run_summary(run_dir: str | Path) -> dict[str, Any] | None:
     """The summary a run left in `run_dir`, or None when it wrote none (it crashed hard). Raises
     UnreadableRunSummary, naming the file and why, when it cannot be read."""

@@ -4,8 +4,11 @@ Subclasses only say how to get the arrays (`load_splits`). Keeping images as uin
 the device makes loading a memory copy, never a decode.
 """
 
+from typing import Any
+
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from pytorch_lightning import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
@@ -14,6 +17,21 @@ from vae_lit.data.device_loader import DeviceBatches
 from vae_lit.errors import UserError
 
 SPLITS = ("train", "val", "test")
+
+
+def recorded_data(given: Any, recorded: Any, source: str) -> Any:
+    """The data config an entry point that reads a trained model's data uses: the model's own
+    (`recorded`), with the command line's `data.root=/new` and the like on top; `data=<name>`
+    (a config with its own `_target_`) replaces it."""
+    if given is None:
+        return recorded
+    if "_target_" in given:
+        return given
+    if recorded is None:
+        raise UserError(
+            f"{source} records no data to change; pass data=<name> (e.g. data=sprites)"
+        )
+    return OmegaConf.merge(recorded, given)
 
 
 class ImageArrayDataset(Dataset):

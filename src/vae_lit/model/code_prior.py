@@ -3,8 +3,9 @@
 The prior (a gated PixelCNN, `vae_lit.networks.pixelcnn`) learns p(c) of the code grids the
 VQ-VAE's
 encoder gives the training images. The codes are extracted once, with the VQ-VAE in eval mode,
-into `<vqvae checkpoint>.codes.safetensors` beside the checkpoint (keyed by the checkpoint's
-SHA-256 and the data config), so the prior's epochs never run the VQ-VAE's encoder.
+into `<vqvae checkpoint>.codes.safetensors` beside the checkpoint, or in the user's cache dir
+(keyed by the checkpoint's SHA-256 and the data config), so the prior's epochs never run the
+VQ-VAE's encoder.
 
 The prior's checkpoint holds a reference to the VQ-VAE (its path and SHA-256), not a copy of its
 weights: loading the prior loads that VQ-VAE, and refuses one whose file changed since.
@@ -28,6 +29,7 @@ from vae_lit.model.vq_module import VQVAELitModule
 from vae_lit.networks.pixelcnn import GatedPixelCNN
 from vae_lit.persistence.atomic_write import atomic_path
 from vae_lit.persistence.checkpoint import load_checkpoint
+from vae_lit.persistence.derived import derived_paths, save_derived
 from vae_lit.persistence.fingerprint import fingerprint
 
 log = logging.getLogger(__name__)
@@ -39,8 +41,8 @@ def load_vqvae(path: str | Path, sha256: str | None = None) -> tuple[VQVAELitMod
     path = Path(path)
     if not path.exists():
         raise UserError(
-            f"the VQ-VAE checkpoint {path} is gone; put it back, or train a prior for another "
-            "one: python -m vae_lit.train_prior ckpt=<vqvae run>/checkpoints/last.ckpt"
+            f"the VQ-VAE checkpoint {path} is gone; pass vqvae=<its new path> if it moved, or "
+            "train a prior for another one: python -m vae_lit.train_prior ckpt=<vqvae .ckpt>"
         )
     if sha256 is not None and fingerprint(path) != sha256:
         raise UserError(
@@ -57,49 +59,96 @@ def load_vqvae(path: str | Path, sha256: str | None = None) -> tuple[VQVAELitMod
 
 
 # -- the codes, extracted once --------------------------------------------------------------------
-def codes_cache_path(ckpt: Path) -> Path:
-    return ckpt.parent / f"{ckpt.name}.codes.safetensors"
+CODES_FILE = "codes.safetensors"
+
+
+def code_dtype(num_codes: int) -> torch.dtype:
+    """The smallest integer type that holds every code: int16 wraps above 32767 codes."""
+    return torch.int16 if num_codes <= torch.iinfo(torch.int16).max + 1 else torch.int32
 
 
 @torch.no_grad()
 def extract_codes(vqvae: VQVAELitModule, datamodule, split: str) -> torch.Tensor:
-    """The (N, h, w) code grids of every image of a split, as int16 on the CPU."""
+    """The (N, h, w) code grids of every image of a split, as small integers on the CPU."""
     vqvae.eval()
+    dtype = code_dtype(vqvae.num_codes)
     grids = [
-        vqvae.encode_codes(to_float_images(batch.to(vqvae.device))).to("cpu", torch.int16)
+        vqvae.encode_codes(to_float_images(batch.to(vqvae.device))).to("cpu", dtype)
         for batch in datamodule.dataloader(split)
     ]
     if not grids:
         size = vqvae.grid_size
-        return torch.zeros(0, size, size, dtype=torch.int16)
+        return torch.zeros(0, size, size, dtype=dtype)
     return torch.cat(grids)
+
+
+def codes_problem(codes: dict[str, torch.Tensor], vqvae: VQVAELitModule) -> str | None:
+    """Why a cache's codes cannot be this VQ-VAE's (a cache written by an older vae-lit, whose
+    int16 codes wrapped, or a damaged file); None when they can."""
+    size = vqvae.grid_size
+    for split in ("train", "val", "test"):
+        grid = codes.get(split)
+        if grid is None:
+            return f"it has no {split} codes"
+        if grid.dtype not in (torch.int16, torch.int32, torch.int64) or grid.shape[1:] != (
+            size,
+            size,
+        ):
+            return f"its {split} codes are {grid.dtype} of shape {tuple(grid.shape)}"
+        if grid.numel() and (int(grid.min()) < 0 or int(grid.max()) >= vqvae.num_codes):
+            return f"its {split} codes leave 0..{vqvae.num_codes - 1}"
+    return None
+
+
+def read_codes_cache(
+    path: Path, key: dict[str, str], vqvae: VQVAELitModule
+) -> dict[str, torch.Tensor] | None:
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as cache:
+            if cache.metadata() != key:
+                log.info(f"{path} holds the codes of another checkpoint or data set")
+                return None
+            codes = {split: cache.get_tensor(split) for split in cache.keys()}
+    except Exception as exc:  # a foreign or broken file: extract again
+        log.info(f"{path} is unreadable ({type(exc).__name__}): extracting again")
+        return None
+    problem = codes_problem(codes, vqvae)
+    if problem:
+        log.warning(f"{path} is not a usable codes cache ({problem}): extracting again")
+        return None
+    return codes
 
 
 def cached_codes(
     vqvae: VQVAELitModule, ckpt: Path, data_cfg: DictConfig, datamodule_factory: Callable
 ) -> dict[str, torch.Tensor]:
-    """{split: (N, h, w) int16 codes} of the VQ-VAE at `ckpt`, read from the cache beside it when
-    that was written for this very checkpoint file and data config, else extracted and cached."""
-    path = codes_cache_path(ckpt)
+    """{split: (N, h, w) codes} of the VQ-VAE at `ckpt`, read from its cache when that was
+    written for this very model and data config and holds valid codes, else extracted and cached
+    (beside the checkpoint, or in the user's cache dir: `vae_lit.persistence.derived`)."""
     key = {
         "checkpoint_sha256": fingerprint(ckpt),
         "data": json.dumps(OmegaConf.to_container(data_cfg, resolve=True), sort_keys=True),
     }
-    if path.is_file():
-        try:
-            with safe_open(str(path), framework="pt") as cache:
-                if cache.metadata() == key:
-                    log.info(f"Reusing the codes cached in {path}")
-                    return {split: cache.get_tensor(split) for split in cache.keys()}
-        except Exception:  # a foreign or broken file: extract again
-            pass
-        log.info(f"{path} holds the codes of another checkpoint or data set: extracting again")
+    places = derived_paths(ckpt, CODES_FILE, key["checkpoint_sha256"])
+    for path in places:
+        codes = read_codes_cache(path, key, vqvae)
+        if codes is not None:
+            log.info(f"Reusing the codes cached in {path}")
+            return codes
     datamodule = datamodule_factory()
     codes = {split: extract_codes(vqvae, datamodule, split) for split in ("train", "val", "test")}
-    with atomic_path(path) as partial:
-        save_file(codes, str(partial), metadata=key)
+
+    def write(path: Path) -> Path:
+        with atomic_path(path) as partial:
+            save_file(codes, str(partial), metadata=key)
+        return path
+
+    saved = save_derived(places, "VQ-VAE codes cache", write)
     counts = ", ".join(f"{split} {len(value)}" for split, value in codes.items())
-    log.info(f"Extracted the codes of the VQ-VAE ({counts} images) into {path}")
+    where = f" into {saved}" if saved else ""
+    log.info(f"Extracted the codes of the VQ-VAE ({counts} images){where}")
     return codes
 
 

@@ -26,6 +26,15 @@ PARTIAL_SUFFIX = ".partial"
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+NEW_FILE_MODE = 0o666 & ~_umask()  # what open() gives a new file: every file alike
+
+
 def partial_path(path: Path) -> Path:
     """A temporary name beside `path`, unique to this process and call, hidden from globs such as
     `*.ckpt` or `*.png`."""
@@ -41,6 +50,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     partial = partial_path(path)
     try:
         yield partial
+        if partial.is_file():  # a writer that made its file private (safetensors: 0600)
+            os.chmod(partial, NEW_FILE_MODE)
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)

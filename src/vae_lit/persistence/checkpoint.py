@@ -20,12 +20,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning import LightningModule
 
-from vae_lit.errors import UserError
+from vae_lit.errors import UserError, find_user_error
 from vae_lit.persistence.checkpoint_upgrade import upgrade_checkpoint
 from vae_lit.persistence.file_layout import CONFIG_FILE, CONFIG_KEY, FOLDER_FORMAT, WEIGHTS_FILE
 from vae_lit.persistence.trusted_config import check_config, check_resolved
 
 CHECKED_SECTIONS = ("model", "data")  # what load_checkpoint's callers build from the config
+# a VQ-VAE prior's config: its VQ-VAE's file relative to the prior's checkpoint folder
+VQVAE_FROM_CHECKPOINT = "vqvae_from_checkpoint_dir"
 
 
 def first_line(exc: BaseException) -> str:
@@ -72,6 +74,8 @@ def read_model_folder(folder: str | Path, map_location: str = "cpu") -> dict[str
         return UserError(f"{folder} is not a vae-lit model folder: {reason}")
 
     missing = [name for name in (CONFIG_FILE, WEIGHTS_FILE) if not (folder / name).is_file()]
+    if missing and (folder / "checkpoints").is_dir():  # a run dir: its checkpoints are inside
+        raise refused(f"it is a run dir; pass ckpt={folder / 'checkpoints' / 'last.ckpt'}")
     if missing:
         raise refused(
             f"it has no {' and no '.join(missing)}; write one with "
@@ -88,6 +92,10 @@ def read_model_folder(folder: str | Path, map_location: str = "cpu") -> dict[str
         weights = safetensors.torch.load_file(folder / WEIGHTS_FILE, device=str(map_location))
     except Exception as exc:
         raise refused(f"{WEIGHTS_FILE} is unreadable ({first_line(exc)})") from None
+    for key in ("global_step", "epoch"):
+        value = config.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise refused(f"{CONFIG_FILE}'s {key} is {value!r}, not an integer")
     return {
         CONFIG_KEY: {section: config.get(section) for section in CHECKED_SECTIONS},
         "state_dict": weights,
@@ -118,7 +126,7 @@ def checkpoint_step(path: str | Path) -> int:
 
 
 def load_checkpoint(
-    path: str | Path, map_location: str = "cpu"
+    path: str | Path, map_location: str = "cpu", vqvae: str | None = None
 ) -> tuple[LightningModule, DictConfig]:
     """Return the trained module (eval mode) and the resolved run config it was trained with.
 
@@ -134,8 +142,29 @@ def load_checkpoint(
             "vae_lit.train?)"
         )
     checkpoint = upgrade_checkpoint(checkpoint)  # older layouts (model.loss) to today's
+    locate_vqvae(checkpoint[CONFIG_KEY], Path(path), vqvae)
     module, config = build_module(checkpoint, source)
     return module, config
+
+
+def locate_vqvae(config: dict[str, Any], path: Path, vqvae: str | None) -> None:
+    """A VQ-VAE prior's checkpoint names its VQ-VAE's file: `vqvae=<path>` when given, else the
+    recorded path, else the same file relative to the prior's checkpoint (a logs/ folder that
+    was moved or copied whole). Its SHA-256 is checked whichever file it is."""
+    model = config.get("model")
+    if not isinstance(model, dict) or "vqvae_ckpt" not in model:
+        if vqvae:
+            raise UserError(f"vqvae={vqvae} is for a VQ-VAE prior's checkpoint; {path} is not one")
+        return
+    if vqvae:
+        model["vqvae_ckpt"] = str(Path(vqvae).resolve())
+        return
+    relative = config.get(VQVAE_FROM_CHECKPOINT)
+    if Path(str(model["vqvae_ckpt"])).exists() or not isinstance(relative, str):
+        return
+    moved = (path.parent / relative).resolve()
+    if moved.exists():
+        model["vqvae_ckpt"] = str(moved)
 
 
 def build_module(checkpoint: dict[str, Any], source: str) -> tuple[LightningModule, DictConfig]:
@@ -153,9 +182,19 @@ def build_module(checkpoint: dict[str, Any], source: str) -> tuple[LightningModu
         raise UserError(
             f"{source} is refused: its config is not plain data ({first_line(exc)})"
         ) from None
-    module = instantiate(config.model)
+    try:
+        module = instantiate(config.model)
+    except Exception as exc:  # a value of the wrong type (`hidden_channels: "abc"`, `[64]`)
+        error = find_user_error(exc)
+        if error is not None:
+            raise error from None
+        reason = first_line(exc.__cause__ or exc)
+        raise UserError(
+            f"{source} is refused: its model config does not build ({reason})"
+        ) from exc
     if not isinstance(module, LightningModule):
         raise UserError(f"{source} is refused: its model config builds no LightningModule")
+    check_weights(checkpoint["state_dict"], module.state_dict(), source)
     try:
         module.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as exc:  # missing or unexpected keys, other shapes
@@ -164,6 +203,25 @@ def build_module(checkpoint: dict[str, Any], source: str) -> tuple[LightningModu
     # what save_pretrained / push_to_hub write as config.json (see vae_lit.persistence.pretrained)
     module._hub_mixin_config = folder_config(config, checkpoint)
     return module.eval(), config
+
+
+def check_weights(weights: dict[str, Any], expected: dict[str, torch.Tensor], source: str) -> None:
+    """Weights cast to integers load silently (copy_ casts them back) and NaN weights sample
+    fine, then break eval after all its work: refuse both before anything runs."""
+    for key, value in weights.items():
+        want = expected.get(key)
+        if not torch.is_tensor(value) or want is None:
+            continue
+        if want.is_floating_point() and not value.is_floating_point():
+            raise UserError(
+                f"{source} is refused: {key} is {value.dtype} where the model holds {want.dtype} "
+                "(a converted or damaged file)"
+            )
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise UserError(
+                f"{source} is refused: {key} holds NaN or infinite values; use a checkpoint "
+                "saved before training diverged"
+            )
 
 
 def folder_config(config: DictConfig, checkpoint: dict[str, Any]) -> dict[str, Any]:

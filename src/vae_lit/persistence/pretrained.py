@@ -220,9 +220,19 @@ class PretrainedVAE(
                 "a Hub repo id, or load a .ckpt with "
                 "vae_lit.persistence.checkpoint.load_checkpoint"
             )
-        local = path.is_absolute() or str(path).startswith((".", "~")) or len(path.parts) > 2
+        # a Hub repo id is `<user>/<name>`; `exports/sprites-vae` beside an exports/ folder is a
+        # mistyped local path, which must not wait on the network's retries
+        local = (
+            path.is_absolute()
+            or str(pretrained_model_name_or_path).startswith((".", "~"))
+            or len(path.parts) > 2
+            or (len(path.parts) == 2 and Path(path.parts[0]).is_dir())
+        )
         if local and not path.exists():
-            raise UserError(f"model folder {path} does not exist")
+            raise UserError(
+                f"model folder {path} does not exist; pass a folder python -m vae_lit.export "
+                "wrote, or a Hub repo id <user>/<name>"
+            )
         return cls._from_pretrained(
             model_id=str(path) if path.is_dir() else str(pretrained_model_name_or_path),
             revision=revision,

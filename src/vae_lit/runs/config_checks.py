@@ -9,6 +9,7 @@ key that moves to another config group moves here as a path, not as code.
 import difflib
 import math
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import Any, get_args
@@ -50,6 +51,10 @@ def non_negative_or_inf(value: Any) -> str | None:
     if is_number(value) and not math.isnan(value) and value >= 0:
         return None
     return "must be a number >= 0"
+
+
+def boolean(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "must be true or false"
 
 
 def positive_int(value: Any) -> str | None:
@@ -168,7 +173,60 @@ RULES: dict[str, Rule] = {
     "trainer.num_sanity_val_steps": optional(sanity_steps),
     "trainer.check_val_every_n_epoch": optional(positive_int),
     "trainer.gradient_clip_val": optional(non_negative_number),
+    "model.objective.k": positive_int,
+    "model.likelihood.num_components": positive_int,
+    "model.likelihood.learn_scale": boolean,
+    "model.net.quantizer.num_codes": positive_int,
+    "model.prior.num_pseudo_inputs": positive_int,
+    "model.prior.num_components": positive_int,
+    "eval_after_train.k": positive_int,
+    "eval_after_train.max_decodes": positive_int,
 }
+# The same value in two places that must agree: (key, the key whose value it must equal, why).
+SAME_AS = (
+    ("model.prior.image_size", "data.image_size", "the VampPrior's pseudo-inputs are images"),
+    ("model.prior.channels", "data.channels", "the VampPrior's pseudo-inputs are images"),
+)
+# Objectives that compare codes within a batch: one image per batch gives them nothing to compare.
+BATCH_OBJECTIVES = ("InfoVAE", "BetaTCVAE", "DIPVAE")
+
+
+def not_given(cfg: DictConfig, key: str) -> bool:
+    """A required path left out: `???`, `ckpt=null`, or `ckpt=` (make eval without CKPT), which
+    would otherwise read as the current folder."""
+    if OmegaConf.is_missing(cfg, key):
+        return True
+    value = cfg.get(key)
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+# What `vae_lit.eval` takes under `eval.`: checked before the model is read, not after the work.
+EVAL_RULES: dict[str, Rule] = {
+    "eval.k": positive_int,
+    "eval.max_decodes": positive_int,
+    "eval.batch_size": optional(positive_int),
+    "eval.active_threshold": non_negative_number,
+    "eval.mig_bins": positive_int,
+    "eval.prior_samples": positive_int,
+    "seed": non_negative_int,
+}
+
+
+def check_eval_options(cfg: DictConfig) -> None:
+    """Raise UserError for the first `eval.*` value (or sampler name) the evaluation cannot use."""
+    for key, rule in EVAL_RULES.items():
+        if OmegaConf.select(cfg, key, default="???missing") == "???missing":
+            continue
+        value = OmegaConf.select(cfg, key)
+        problem = rule(value)
+        if problem:
+            raise UserError(f"{key}={shown(value)} {problem}")
+    known = list((cfg.get("samplers") or {}).keys())
+    for name in cfg.eval.get("samplers") or []:
+        if name not in known:
+            raise UserError(
+                f"eval.samplers: {shown(name)} is not a sampler; use some of: {', '.join(known)}"
+            )
 
 
 def shown(value: Any) -> str:
@@ -199,10 +257,65 @@ def check_config(cfg: DictConfig) -> None:
         problem = rule(value)
         if problem:
             raise UserError(f"{key}={shown(value)} {problem}")
+    for key, other, why in SAME_AS:
+        value = OmegaConf.select(cfg, key, default=None)
+        wanted = OmegaConf.select(cfg, other, default=None)
+        if value is not None and wanted is not None and value != wanted:
+            raise UserError(
+                f"{key}={shown(value)} must equal {other}={shown(wanted)} ({why}); leave {key} "
+                f"to its default, ${{{other}}}"
+            )
+    objective = str(OmegaConf.select(cfg, "model.objective._target_", default="") or "")
+    batch_size = OmegaConf.select(cfg, "data.batch_size", default=None)
+    if objective.endswith(BATCH_OBJECTIVES) and is_int(batch_size) and batch_size < 2:
+        name = objective.rsplit(".", 1)[-1]
+        raise UserError(
+            f"data.batch_size={batch_size} is too small for {name}, which compares the codes "
+            "within a batch; use data.batch_size=2 or more (32 or more for a useful estimate)"
+        )
+    check_iwae_memory(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     sections = {k: resolved[k] for k in ("data", "model", "trainer", "callbacks") if k in resolved}
     for path in nan_values(sections):
         raise UserError(f"{path}=nan is not a number; give it a finite value")
+
+
+def machine_memory() -> int:
+    """Bytes one step may use at most: the GPU's memory when there is one, else the RAM."""
+    import torch
+
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if torch.cuda.is_available():
+        return max(ram, torch.cuda.get_device_properties(0).total_memory)
+    return ram
+
+
+def check_iwae_memory(cfg: DictConfig) -> None:
+    """IWAE decodes k samples of every image at once: `k=100000` asks for terabytes, and ran
+    out of memory only after the data was read. A lower bound of one step's activations (the
+    images, each level of the decoder, forward and backward) that no machine here holds is
+    refused."""
+    objective = str(OmegaConf.select(cfg, "model.objective._target_", default="") or "")
+    k = OmegaConf.select(cfg, "model.objective.k", default=None)
+    values = [
+        OmegaConf.select(cfg, f"data.{key}", default=None)
+        for key in ("batch_size", "image_size", "channels")
+    ]
+    hidden = OmegaConf.select(cfg, "model.net.hidden_channels", default=None) or []
+    if not objective.endswith("IWAE") or not all(is_int(v) for v in [k, *values]):
+        return
+    batch_size, size, channels = values
+    per_image = channels * size * size + sum(
+        int(c) * (size // 2 ** (i + 1)) ** 2 for i, c in enumerate(hidden) if is_int(c)
+    )
+    needed = 3 * 4 * k * batch_size * per_image  # float32 activations, gradients, slack
+    available = machine_memory()
+    if needed > available:
+        raise UserError(
+            f"model.objective.k={k} decodes k x data.batch_size={batch_size} images at once: at "
+            f"least {needed / 2**30:.0f} GiB a step, more than this machine's "
+            f"{available / 2**30:.0f} GiB; lower model.objective.k or data.batch_size"
+        )
 
 
 def closest_key(exc: BaseException) -> str | None:
@@ -260,9 +373,17 @@ def unparsable_override(args: list[str]) -> str | None:
     return None
 
 
-def run_cli(main: Callable[[], Any]) -> Any:
+def run_cli(main: Callable[[], Any], model_data: bool = False) -> Any:
     """Run a Hydra entry point so that any mistake on its command line, found while composing the
-    config or later, ends in one line (`vae-lit: error: ...`) and exit code 2."""
+    config or later, ends in one line (`vae-lit: error: ...`) and exit code 2.
+
+    `model_data`: the entry point reads a trained model's data (eval, sample, train_prior), whose
+    config is the model's, not in the composed config; `data.root=/new` is then passed on as
+    `++data.root=/new` (set, or add), and the entry point lays it over the model's data config."""
+    if model_data:
+        sys.argv[1:] = [
+            f"++{arg}" if re.match(r"data\.[\w.]+=", arg) else arg for arg in sys.argv[1:]
+        ]
     previous = os.environ.get("HYDRA_FULL_ERROR")
     if previous is None:
         os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises, instead of printing its own report

@@ -68,6 +68,11 @@ def resume_path(cfg: DictConfig, trainer: Trainer) -> str | None:
         return None
     else:
         path = Path(ckpt_path)
+        if path.is_dir():
+            raise UserError(
+                f"ckpt_path={ckpt_path} is a folder; ckpt_path takes a .ckpt file to resume "
+                "from (a model folder holds no optimizer state), or 'last'"
+            )
         if not path.is_file():
             raise UserError(f"ckpt_path={ckpt_path} does not exist; pass a .ckpt file or 'last'")
         checkpoint = read_checkpoint(path)  # one line when it is no checkpoint, or not safe

@@ -161,3 +161,8 @@ class SweepSummary(Callback):
         rows = write_summary(sweep_dir)
         if rows:
             print(f"\nSweep summary ({sweep_dir}/summary.md):\n{markdown_table(rows)}", flush=True)
+        failed = [row for row in rows if not str(row["status"]).startswith("finished")]
+        if failed:
+            task = OmegaConf.select(config, "task_name") or "train"
+            logs = ", ".join(f"job {row['job']} ({row['run dir']}/{task}.log)" for row in failed)
+            print(f"vae-lit: {len(failed)} of {len(rows)} jobs did not finish: {logs}", flush=True)

@@ -1,10 +1,12 @@
 """Fitting a sampler once and keeping the fit: the tensors as `<checkpoint>.<name>.safetensors`
 and the settings, fit statistics and the checkpoint's fingerprint as `<checkpoint>.<name>.json`,
-beside the checkpoint; a later run with the same settings on the same model reuses it.
+beside the checkpoint (a model folder's, or a read-only one's, in the user's cache dir:
+`vae_lit.persistence.derived`); a later run with the same settings on the same model reuses it.
 """
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -16,43 +18,61 @@ from safetensors.torch import load_file, save_file
 from vae_lit.errors import UserError
 from vae_lit.model.vae_module import to_float_images
 from vae_lit.persistence.atomic_write import atomic_path, write_text_atomic
+from vae_lit.persistence.derived import derived_paths, save_derived
 from vae_lit.persistence.fingerprint import fingerprint
 from vae_lit.sampling.latent_sampler import LatentSampler
 
 log = logging.getLogger(__name__)
 
 
+def sampler_places(ckpt: Path, name: str, sha256: str) -> list[tuple[Path, Path]]:
+    """(tensors, record) paths a fit of `ckpt` may live at, in the order to look."""
+    return [
+        (stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json"))
+        for stem in derived_paths(ckpt, name, sha256)
+    ]
+
+
 def sampler_paths(ckpt: Path, name: str) -> tuple[Path, Path]:
-    stem = ckpt.parent / f"{ckpt.name}.{name}"
-    return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
+    """Where a new fit of `ckpt` is saved, when that place can be written."""
+    return sampler_places(ckpt, name, fingerprint(ckpt))[0]
 
 
-def save_sampler(sampler: LatentSampler, ckpt: Path, record: dict[str, Any]) -> Path:
-    tensors_path, json_path = sampler_paths(ckpt, sampler.name)
+def save_sampler(sampler: LatentSampler, ckpt: Path, record: dict[str, Any]) -> Path | None:
     tensors = {
         key: value.detach().cpu().contiguous() for key, value in sampler.state_dict().items()
     }
-    with atomic_path(tensors_path) as partial:
-        save_file(tensors, str(partial))
-    write_text_atomic(json_path, json.dumps(record, indent=2) + "\n")
-    return tensors_path
+
+    def write(stem: Path) -> Path:
+        tensors_path = stem.with_name(stem.name + ".safetensors")
+        with atomic_path(tensors_path) as partial:
+            save_file(tensors, str(partial))
+        write_text_atomic(stem.with_name(stem.name + ".json"), json.dumps(record, indent=2) + "\n")
+        return tensors_path
+
+    stems = derived_paths(ckpt, sampler.name, record["checkpoint_sha256"])
+    return save_derived(stems, f"{sampler.name} fit", write)
 
 
-def load_saved(sampler: LatentSampler, ckpt: Path, expected: dict[str, Any]) -> bool:
-    """Load the saved fit into `sampler` if one exists for these settings and this checkpoint."""
-    tensors_path, json_path = sampler_paths(ckpt, sampler.name)
-    if not (tensors_path.is_file() and json_path.is_file()):
-        return False
-    try:
-        record = json.loads(json_path.read_text())
-    except json.JSONDecodeError:
-        return False
-    if any(record.get(key) != value for key, value in expected.items()):
-        log.info(f"{json_path} was fitted with other settings or another checkpoint: refitting")
-        return False
-    sampler.build(int(record["latent_dim"]))
-    sampler.load_state_dict(load_file(str(tensors_path)))
-    return True
+def load_saved(sampler: LatentSampler, ckpt: Path, expected: dict[str, Any]) -> Path | None:
+    """Load the saved fit into `sampler` if one exists for these settings and this checkpoint;
+    return where it was found."""
+    for tensors_path, json_path in sampler_places(
+        ckpt, sampler.name, expected["checkpoint_sha256"]
+    ):
+        if not (tensors_path.is_file() and json_path.is_file()):
+            continue
+        try:
+            record = json.loads(json_path.read_text())
+        except (OSError, ValueError):
+            continue
+        if any(record.get(key) != value for key, value in expected.items()):
+            log.info(f"{json_path} was fitted with other settings or another checkpoint")
+            continue
+        sampler.build(int(record["latent_dim"]))
+        sampler.load_state_dict(load_file(str(tensors_path)))
+        return tensors_path
+    return None
 
 
 @torch.no_grad()
@@ -87,12 +107,21 @@ def fitted_sampler(
         "checkpoint_sha256": fingerprint(ckpt),
         "latent_dim": int(module.latent_dim),
     }
-    if load_saved(sampler, ckpt, expected):
-        log.info(f"Reusing the {name} sampler saved next to {ckpt}")
+    found = load_saved(sampler, ckpt, expected)
+    if found is not None:
+        log.info(f"Reusing the {name} sampler saved in {found}")
         return sampler.to(module.device).eval()
     log.info(f"Fitting the {name} sampler on the training split's posterior means")
     codes = posterior_means(module, datamodule_factory(), "train")
     stats = sampler.fit(codes)
+    unfinished = [k for k, v in sampler.state_dict().items() if not torch.isfinite(v).all()]
+    losses = [v for v in stats.values() if isinstance(v, float) and not math.isfinite(v)]
+    if unfinished or losses:  # a diverged fit draws black grids and scores nan: never kept
+        what = f"{unfinished[0]} is not finite" if unfinished else f"fit: {stats}"
+        raise UserError(
+            f"the {name} sampler's fit diverged ({what}) and is not saved; lower "
+            f"samplers.{name}.lr, or check the other samplers.{name}.* settings"
+        )
     record = {
         **expected,
         "target": OmegaConf.select(sampler_cfg, "_target_"),
@@ -101,7 +130,8 @@ def fitted_sampler(
         "fit": stats,
     }
     path = save_sampler(sampler, ckpt, record)
-    log.info(f"Saved the {name} sampler to {path} (fit: {stats})")
+    if path is not None:
+        log.info(f"Saved the {name} sampler to {path} (fit: {stats})")
     return sampler.to(module.device).eval()
 
 
@@ -114,4 +144,5 @@ def saved_sampler(name: str, sampler_cfg: DictConfig, module, ckpt: Path) -> Lat
         "checkpoint_sha256": fingerprint(ckpt),
         "latent_dim": int(module.latent_dim),
     }
-    return sampler.to(module.device).eval() if load_saved(sampler, ckpt, expected) else None
+    found = load_saved(sampler, ckpt, expected)
+    return sampler.to(module.device).eval() if found is not None else None

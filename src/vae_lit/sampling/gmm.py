@@ -77,9 +77,11 @@ class GaussianMixture(LatentSampler):
                 f"samplers.gmm.covariance={covariance!r} is unknown; use one of: "
                 f"{', '.join(COVARIANCES)}"
             )
-        if reg_covar < 0 or tol < 0 or int(max_iter) < 1:
+        finite = all(isinstance(v, int | float) and math.isfinite(v) for v in (reg_covar, tol))
+        if not finite or reg_covar <= 0 or tol < 0 or int(max_iter) < 1:
             raise UserError(
-                f"samplers.gmm: reg_covar={reg_covar} and tol={tol} must be >= 0 and "
+                f"samplers.gmm: reg_covar={reg_covar} must be > 0 (it keeps every covariance "
+                f"invertible), tol={tol} a number >= 0 and "
                 f"max_iter={max_iter} >= 1"
             )
         self.num_components, self.covariance = int(num_components), covariance

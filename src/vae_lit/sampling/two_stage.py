@@ -59,7 +59,9 @@ class TwoStageVAE(LatentSampler):
         seed: int = 0,
     ):
         super().__init__(seed)
-        if min(int(hidden_dim), int(num_layers), int(steps), int(batch_size)) < 1 or lr <= 0:
+        sizes = (hidden_dim, num_layers, steps, batch_size)
+        bad_lr = not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0)
+        if not all(isinstance(v, int) and v >= 1 for v in sizes) or bad_lr:
             raise UserError(
                 f"samplers.two_stage: hidden_dim={hidden_dim}, num_layers={num_layers}, "
                 f"steps={steps} and batch_size={batch_size} must be positive integers and "

@@ -303,11 +303,12 @@ def test_a_run_leaves_layer_kls_their_picture_and_samples_from_checkpoint_and_fo
 def test_on_sprites_hvae_ends_below_logistic_vae_in_bits_per_dim(tmp_path: Path):
     """The same steps and batches: latents at every resolution leave less to the pixels."""
     common = [
-        "data.num_images=640",
-        "data.image_size=16",
+        "data.num_images=3200",
+        "data.image_size=32",
         "data.batch_size=32",
         "trainer=cpu",
-        "trainer.max_epochs=6",
+        "trainer.max_epochs=-1",
+        "trainer.max_steps=240",
         "trainer.precision=32-true",
         "logger=csv",
         "callbacks=none",

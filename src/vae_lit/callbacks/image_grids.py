@@ -160,6 +160,8 @@ class SampleGrid(EpochPictures):
     """Decoded images of a fixed batch of latent points z ~ N(0, I), at `temperature` (the prior's
     standard deviations times it: < 1 draws fewer, cleaner images)."""
 
+    name = "sample"  # results/<name>_{epoch}.png, and the loggers' key
+
     def __init__(
         self,
         output_dir: str,
@@ -170,7 +172,7 @@ class SampleGrid(EpochPictures):
     ):
         super().__init__(output_dir)
         self.num_samples, self.nrow, self.seed = num_samples, nrow, seed
-        self.temperature = check_temperature(temperature, "sample_grid")
+        self.temperature = check_temperature(temperature, f"{self.name}_grid")
         self.latents: torch.Tensor | None = None
 
     def draw(self, trainer: Trainer, pl_module: LightningModule, epoch: int) -> None:
@@ -182,28 +184,13 @@ class SampleGrid(EpochPictures):
         label = getattr(pl_module, "sample_label", None)  # a VQ-VAE: random codes, not samples
         if label:
             picture = draw_label(picture, label)
-        save_png(picture, self.output_dir / f"sample_{epoch}.png")
-        log_image(trainer, "sample", picture, f"epoch {epoch}" + (f": {label}" if label else ""))
+        save_png(picture, self.output_dir / f"{self.name}_{epoch}.png")
+        caption = f"epoch {epoch}" + (f": {label}" if label else "")
+        log_image(trainer, self.name, picture, caption)
 
 
-class PriorSampleGrid(EpochPictures):
-    """Every epoch: code grids drawn from the prior (the same seed each time), decoded by the
-    VQ-VAE, as `prior_sample_{epoch}.png`."""
+class PriorSampleGrid(SampleGrid):
+    """Every epoch: code grids drawn from a VQ-VAE's prior (the same seed each time, at its
+    softmax `temperature`), decoded by the VQ-VAE, as `prior_sample_{epoch}.png`."""
 
-    def __init__(
-        self,
-        output_dir: str,
-        num_samples: int = 64,
-        nrow: int = 8,
-        seed: int = 0,
-        temperature: float = 1.0,
-    ):
-        super().__init__(output_dir)
-        self.num_samples, self.nrow, self.seed = num_samples, nrow, seed
-        self.temperature = temperature
-
-    def draw(self, trainer: Trainer, pl_module: LightningModule, epoch: int) -> None:
-        codes = pl_module.sample_latents(self.num_samples, self.seed, self.temperature)
-        picture = image_grid(pl_module.decode(codes), self.nrow)
-        save_png(picture, self.output_dir / f"prior_sample_{epoch}.png")
-        log_image(trainer, "prior_sample", picture, f"epoch {epoch}")
+    name = "prior_sample"

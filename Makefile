@@ -29,7 +29,7 @@ train: $(STAMP) ## Train a VAE on the embedded sprites data (about 3 minutes on 
 eval: $(STAMP) ## Evaluate a checkpoint on its test split: make eval CKPT=<run>/checkpoints/last.ckpt
 	$(BIN)/python -m vae_lit.eval ckpt=$(CKPT) $(ARGS)
 
-test: $(STAMP) ## Run the test suite (two processes: ~8 min on 2 busy cores)
+test: $(STAMP) ## Run the test suite (two processes: ~12 min on 2 cores)
 	$(BIN)/python -m pytest -n 2 $(ARGS)
 
 test-fast: $(STAMP) ## Run the tests not marked slow

@@ -23,7 +23,7 @@ install: $(STAMP) ## Create .venv and install vae-lit with its pinned dependenci
 # experiment=first_run: the seed's network with a discretized logistic likelihood, which learns the
 # shapes in this budget; EXPERIMENT=<name> trains another setup (EXPERIMENT=vae: the seed's model).
 EXPERIMENT ?= first_run
-train: $(STAMP) ## Train a VAE on the embedded sprites data (about 3 minutes on 2 CPU cores)
+train: $(STAMP) ## Train a VAE on the embedded sprites data (3-5 minutes on 2 CPU cores)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m vae_lit.train experiment=$(EXPERIMENT) $(ARGS)
 
 eval: $(STAMP) ## Evaluate a checkpoint on its test split: make eval CKPT=<run>/checkpoints/last.ckpt

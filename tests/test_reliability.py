@@ -206,6 +206,16 @@ load_or_build(root, find_images(root), 64, 3, "squash", cache_dir=cache_dir, thr
 """
 
 
+def temp_file_sizes(folder: Path) -> list[int]:
+    sizes = []
+    for tmp in folder.glob("*.tmp"):
+        try:
+            sizes.append(tmp.stat().st_size)
+        except FileNotFoundError:  # renamed between the listing and the stat
+            pass
+    return sizes
+
+
 def test_a_cache_build_killed_with_sigkill_leaves_no_temp_file_after_the_next_build(
     tmp_path: Path, caplog
 ):
@@ -218,8 +228,9 @@ def test_a_cache_build_killed_with_sigkill_leaves_no_temp_file_after_the_next_bu
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 120
-        while not list(cache_dir.glob("*.tmp")) and time.monotonic() < deadline:
+        # kill once the temp file has its full size: created but not yet sized, it would be 0 bytes
+        full_size, deadline = 400 * 3 * 64 * 64, time.monotonic() + 120
+        while time.monotonic() < deadline and full_size not in temp_file_sizes(cache_dir):
             assert builder.poll() is None, "the build ended before it could be killed"
             time.sleep(0.01)
         builder.send_signal(signal.SIGKILL)
@@ -228,7 +239,7 @@ def test_a_cache_build_killed_with_sigkill_leaves_no_temp_file_after_the_next_bu
         if builder.poll() is None:
             builder.kill()
     [stale] = cache_dir.glob("*.tmp")
-    assert stale.stat().st_size == 400 * 3 * 64 * 64  # a full-size file, left forever before
+    assert stale.stat().st_size == full_size  # a full-size file, left forever before
 
     from vae_lit.data.image_files import find_images
 

@@ -14,6 +14,7 @@ Prints the points as a markdown table. Needs only Pillow (a dependency of vae-li
 
 import argparse
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,7 +71,10 @@ def curve_chart(lines: dict[str, list[Point]], title: str) -> Image.Image:
     picture = Image.new("RGB", (WIDTH, HEIGHT), "white")
     draw = ImageDraw.Draw(picture)
     every = [p for points in lines.values() for p in points]
-    x_max = max(p.minutes for p in every) * 1.05
+    latest = max(p.minutes for p in every)
+    step = next((s for s in (1, 2, 5, 10, 15, 30, 60, 120) if latest / s <= 8), 240)
+    ticks = math.ceil(latest * 1.02 / step)  # whole minutes on the x axis
+    x_max = ticks * step
     y_min, y_max = min(p.bits_per_dim for p in every), max(p.bits_per_dim for p in every)
     pad = max(0.1, 0.05 * (y_max - y_min))
     y_min, y_max = y_min - pad, y_max + pad
@@ -83,11 +87,11 @@ def curve_chart(lines: dict[str, list[Point]], title: str) -> Image.Image:
 
     draw.text((LEFT, 12), title, fill="black", font=font)
     draw.rectangle([LEFT, TOP, LEFT + plot_w, TOP + plot_h], outline="black")
-    for i in range(6):  # grid lines and tick labels
-        minutes = x_max * i / 5
-        x = LEFT + plot_w * i / 5
+    for i in range(ticks + 1):  # vertical grid lines and minutes
+        x = LEFT + plot_w * i / ticks
         draw.line([x, TOP, x, TOP + plot_h], fill=(225, 225, 225))
-        draw.text((x - 8, TOP + plot_h + 6), f"{minutes:.0f}", fill="black", font=font)
+        draw.text((x - 6, TOP + plot_h + 6), f"{i * step}", fill="black", font=font)
+    for i in range(6):  # horizontal grid lines and bits/dim
         bits = y_max - (y_max - y_min) * i / 5
         y = TOP + plot_h * i / 5
         draw.line([LEFT, y, LEFT + plot_w, y], fill=(225, 225, 225))

@@ -183,7 +183,7 @@ def evaluate_best(
         cfg.paths.output_dir,
         trainer.strategy.root_device,
         k=int(options.k),
-        max_decodes=int(options.max_decodes),
+        max_decodes=options.max_decodes,
         seed=cfg.seed if cfg.get("seed") is not None else 0,
         extra={"train_wall_s": train_s, "precision": str(trainer.precision)},
     )

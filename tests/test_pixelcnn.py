@@ -159,6 +159,7 @@ def test_train_prior_prints_no_warning_and_no_lightning_tip(prior_run, tmp_path)
         f"ckpt={vq_ckpt}",
         *PRIOR_TINY,
         "trainer.max_epochs=1",
+        "trainer.log_every_n_steps=1",  # 4 batches: Lightning warns about a longer interval
         f"hydra.run.dir={tmp_path / 'prior'}",
         cwd=ROOT,
     )

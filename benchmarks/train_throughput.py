@@ -459,7 +459,7 @@ def measure_batch(args, device: torch.device, batch: int, root: Path, peaks: dic
         channels=channels,
         batch_size=batch,
         num_workers=cfg.data.get("num_workers", 0),
-        on_device=bool(cfg.data.get("on_device", False)),
+        on_device=cfg.data.get("on_device", "auto"),  # auto is decided (False) in setup()
     )
     datamodule.setup()
     if datamodule.on_device:  # `data.on_device=true`: the uint8 images live on the accelerator

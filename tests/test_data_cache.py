@@ -123,6 +123,46 @@ def test_two_processes_building_one_cache_both_get_a_correct_cache(tmp_path: Pat
     ]
 
 
+def test_on_device_auto_puts_the_data_on_a_gpu_only_when_it_fits_half_its_free_memory(
+    monkeypatch,
+):
+    """data.on_device=auto, the default: on a CUDA GPU the images go there when they take at most
+    half its free memory, else workers feed it (one per spare core, when none were asked for);
+    on a CPU they stay where they are. (torch.cuda.mem_get_info answers as a GPU with 8 GiB
+    free; the decision is made before anything is copied.)"""
+    from types import SimpleNamespace
+
+    import torch
+    from torch.utils.data import DataLoader
+
+    from vae_lit.data import datamodule as dm
+    from vae_lit.data.cache import usable_cores
+    from vae_lit.data.sprites_datamodule import SpritesDataModule
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (8 * 2**30, 80 * 2**30))
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert dm.choose_on_device("auto", cuda, 4 * 2**30) is True
+    assert dm.choose_on_device("auto", cuda, 5 * 2**30) is False
+    assert dm.choose_on_device("auto", cpu, 1) is False
+    assert dm.choose_on_device(True, cpu, 10**12) is True  # asked for: done (and checked to fit)
+    assert dm.choose_on_device("false", cuda, 1) is False
+    with pytest.raises(UserError, match="^data.on_device=maybe must be auto, true or false$"):
+        SpritesDataModule(num_images=32, image_size=16, on_device="maybe")
+
+    on_cpu = SpritesDataModule(num_images=32, image_size=16, batch_size=8)
+    assert on_cpu.on_device == "auto"
+    on_cpu.setup()
+    assert on_cpu.on_device is False and isinstance(on_cpu.train_dataloader(), DataLoader)
+
+    on_gpu = SpritesDataModule(num_images=32, image_size=16, batch_size=8)
+    on_gpu.splits = on_gpu.load_splits()
+    on_gpu.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=cuda), world_size=1)
+    assert on_gpu.decide_on_device("auto") is True  # 32 tiny images: they fit
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1000, 80 * 2**30))
+    assert on_gpu.decide_on_device("auto") is False
+    assert on_gpu.num_workers == min(4, usable_cores() - 1)
+
+
 def test_on_device_copies_a_memory_map_in_chunks_and_refuses_what_cannot_fit(
     tmp_path, monkeypatch
 ):

@@ -104,3 +104,46 @@ def test_eval_metrics_reach_the_runs_tensorboard(tmp_path: Path):
     assert {"eval/iwae_nll", "eval/active_units"} <= set(events.Tags()["scalars"])
     (point,) = events.Scalars("eval/iwae_nll")
     assert (point.step, point.value) == (7, 123.5)
+
+
+def test_max_decodes_auto_gives_the_iwae_passes_half_the_free_gpu_memory(
+    tiny_cfg, tmp_path, monkeypatch
+):
+    """eval max_decodes=auto (the default): 512 images decoded at once on a CPU; on a CUDA GPU a
+    probe pass measures what one decode takes and the passes get half of what is free, cached
+    blocks included. A number is taken as it is; 0 is refused in one line. (torch.cuda's
+    memory queries answer as a GPU where the probe's 16 decodes peak at 48 MB and 9 GiB are free
+    plus 1 GiB cached; the probe itself runs on the CPU.)"""
+    import torch
+    from hydra.utils import instantiate
+
+    from vae_lit.evaluation.vae import decodes_per_pass
+    from vae_lit.runs.config_checks import check_eval_options
+
+    module = instantiate(tiny_cfg.model)
+    images = torch.rand(4, 3, 16, 16)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert decodes_per_pass(64, module, images, 100, cpu) == 64
+    assert decodes_per_pass("auto", module, images, 100, cpu) == 512
+
+    allocated, probe_peak = 100 * 2**20, 100 * 2**20 + 16 * 3 * 2**20
+    for name, answer in {
+        "synchronize": None,
+        "reset_peak_memory_stats": None,
+        "memory_allocated": allocated,
+        "max_memory_allocated": probe_peak,
+        "memory_reserved": allocated + 2**30,
+        "mem_get_info": (9 * 2**30, 80 * 2**30),
+    }.items():
+        monkeypatch.setattr(torch.cuda, name, lambda device=None, answer=answer: answer)
+    assert decodes_per_pass("auto", module, images, 100, cuda) == int(0.5 * 10 * 2**30 / 2**20 / 3)
+
+    for value, fine in (("auto", True), (256, True), (0, False)):
+        cfg = compose_config(tmp_path, ["ckpt=x", f"eval.max_decodes={value}"], "eval")
+        if fine:
+            check_eval_options(cfg)
+        else:
+            with pytest.raises(
+                UserError, match=r"^eval.max_decodes=0 must be a positive integer, or auto$"
+            ):
+                check_eval_options(cfg)

@@ -4,6 +4,7 @@ VQ-VAE."""
 
 import csv
 import json
+import re
 
 import pytest
 import torch
@@ -146,6 +147,26 @@ def test_train_prior_caches_the_codes_and_references_the_vqvae(prior_run, tmp_pa
     with caplog.at_level("INFO", logger="vae_lit.model.code_prior"):
         train_prior(cfg)
     assert "Reusing the codes cached in" in caplog.text and cache.stat().st_mtime_ns == mtime
+
+
+@pytest.mark.slow
+def test_train_prior_prints_no_warning_and_no_lightning_tip(prior_run, tmp_path):
+    """`python -m vae_lit.train_prior`'s console, as `vae_lit.train`'s, has no warnings (a normal
+    run's never has) and no advertisement for Lightning's hosted logger."""
+    vq_ckpt, _, _ = prior_run
+    result = run_module(
+        "vae_lit.train_prior",
+        f"ckpt={vq_ckpt}",
+        *PRIOR_TINY,
+        "trainer.max_epochs=1",
+        "trainer.log_every_n_steps=1",  # 4 batches: Lightning warns about a longer interval
+        f"hydra.run.dir={tmp_path / 'prior'}",
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = (result.stdout + result.stderr).splitlines()
+    noise = [line for line in lines if re.search(r"warn|\.py:\d+: |litlogger", line, re.I)]
+    assert noise == []
 
 
 @pytest.mark.slow

@@ -95,7 +95,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             datamodule,
             split=cfg.split,
             k=int(cfg.eval.k),
-            max_decodes=int(cfg.eval.max_decodes),
+            max_decodes=cfg.eval.max_decodes,
             active_threshold=float(cfg.eval.active_threshold),
             mig_bins=int(cfg.eval.mig_bins),
             fid=fid,

@@ -52,18 +52,6 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"  # as @hydra.main's
 warnings.filterwarnings(
     "ignore", message=r"\s*'hydra/launcher/\w+' is validated against ConfigStore schema"
 )
-# Lightning 2.6's own pytree helper builds torch's deprecated LeafSpec on every fit; not ours to
-# fix, and harmless until a Lightning release that builds leaves the new way.
-warnings.filterwarnings(
-    "ignore",
-    message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
-    category=FutureWarning,
-    module=r"pytorch_lightning\.utilities\._pytree",
-)
-# Lightning advertises its hosted logger on every run: a tip about a product, not about the run.
-logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
-    lambda record: "litlogger" not in record.getMessage()
-)
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -183,7 +171,7 @@ def evaluate_best(
         cfg.paths.output_dir,
         trainer.strategy.root_device,
         k=int(options.k),
-        max_decodes=int(options.max_decodes),
+        max_decodes=options.max_decodes,
         seed=cfg.seed if cfg.get("seed") is not None else 0,
         extra={"train_wall_s": train_s, "precision": str(trainer.precision)},
     )

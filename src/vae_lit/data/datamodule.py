@@ -4,6 +4,7 @@ Subclasses only say how to get the arrays (`load_splits`). Keeping images as uin
 the device makes loading a memory copy, never a decode.
 """
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,8 @@ from torch.utils.data import DataLoader, Dataset
 from vae_lit.data.cache import usable_cores
 from vae_lit.data.device_loader import DeviceBatches
 from vae_lit.errors import UserError
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 
@@ -85,6 +88,22 @@ def check_fits(nbytes: int, device: torch.device) -> None:
         )
 
 
+def choose_on_device(setting: bool | str, device: torch.device, nbytes: int) -> bool:
+    """`data.on_device`: true, false, or auto: on a CUDA GPU, the data set on the device when it
+    takes at most half of its free memory (batches then cost no host copy and no worker), else
+    not; on a CPU never (the arrays already are where the model is)."""
+    if isinstance(setting, bool):
+        return setting
+    if str(setting).lower() in ("true", "false"):
+        return str(setting).lower() == "true"
+    if setting != "auto":
+        raise UserError(f"data.on_device={setting} must be auto, true or false")
+    if device.type != "cuda":
+        return False
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes <= 0.5 * free
+
+
 def copy_in_chunks(images: np.ndarray, device: torch.device) -> torch.Tensor:
     """A uint8 array (a memory map of the cache, say) on `device`, copied a chunk at a time into
     one preallocated tensor: the host never holds a second whole copy (13.7 GB for CelebA at
@@ -120,7 +139,7 @@ class ImageDataModule(LightningDataModule):
         val_fraction: float = 0.1,
         test_fraction: float = 0.1,
         seed: int = 0,
-        on_device: bool = False,
+        on_device: bool | str = "auto",
     ):
         super().__init__()
         if int(batch_size) <= 0:
@@ -135,7 +154,8 @@ class ImageDataModule(LightningDataModule):
         self.image_size, self.channels = int(image_size), int(channels)
         self.batch_size, self.num_workers = int(batch_size), resolve_num_workers(num_workers)
         self.val_fraction, self.test_fraction, self.seed = val_fraction, test_fraction, seed
-        self.on_device = bool(on_device)
+        choose_on_device(on_device, torch.device("cpu"), 0)  # a bad value fails here, at once
+        self.on_device: bool | str = on_device  # auto is decided in setup, on the trainer's device
         self.splits: dict[str, ImageArrayDataset] = {}
         self.device_images: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -151,8 +171,26 @@ class ImageDataModule(LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if not self.splits:
             self.splits = self.load_splits()
+        if not isinstance(self.on_device, bool):
+            self.on_device = self.decide_on_device(self.on_device)
         if self.on_device and not self.device_images:
             self.device_images = self.move_to_device(self.device)
+
+    def decide_on_device(self, setting: str) -> bool:
+        """`data.on_device=auto` on this run's device, the same answer in every DDP rank (a rank
+        with less free memory says no for all); on a GPU without it, workers feed the batches."""
+        arrays = {id(d.images): d.images for d in self.splits.values()}
+        nbytes = sum(a.nbytes for a in arrays.values())
+        decision = choose_on_device(setting, self.device, nbytes)
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.world_size > 1:
+            decision = trainer.strategy.reduce_boolean_decision(decision, all=True)
+        if self.device.type == "cuda":
+            if not decision and self.num_workers == 0:
+                self.num_workers = resolve_num_workers("auto")
+            where = "on the GPU" if decision else f"in host memory, {self.num_workers} workers"
+            log.info(f"data.on_device=auto: the {nbytes / 2**30:.2f} GiB of images {where}")
+        return decision
 
     def move_to_device(self, device: torch.device) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Each split as (images, row indices) on `device`; splits of one array share one copy."""

@@ -126,7 +126,7 @@ def evaluate_after_training(
     run_dir: str | Path,
     device: torch.device,
     k: int = 100,
-    max_decodes: int = 512,
+    max_decodes: int | str = "auto",
     seed: int = 0,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 undersells a model), reconstruction error, active units (posterior collapse) and, where the data
 has ground-truth factors, the mutual information gap."""
 
+import logging
 import math
 from typing import Any
 
@@ -22,6 +23,9 @@ from vae_lit.metrics.image_quality import mse_per_image, psnr_per_image
 from vae_lit.metrics.mig import NUM_BINS, factor_gaps
 from vae_lit.model.vae_module import VAELitModule, to_float_images
 
+log = logging.getLogger(__name__)
+DECODES_WITHOUT_GPU = 512  # max_decodes=auto on a CPU: about 4 GB at 150 px
+
 
 def factor_names(datamodule: LightningDataModule, num_factors: int) -> list[str]:
     """Names for the columns of `datamodule.factors`, for the per-factor MIG rows."""
@@ -36,12 +40,41 @@ def is_hierarchical(module: torch.nn.Module) -> bool:
 
 
 @torch.no_grad()
+def decodes_per_pass(
+    setting: int | str, module: VAELitModule, images: torch.Tensor, k: int, device: torch.device
+) -> int:
+    """`max_decodes`, the images decoded at once by the IWAE bound: a number, or auto. Auto on a
+    CUDA GPU: as many as fit in half the memory free for them, measured by one probe pass that
+    decodes one image min(k, 16) times (the logistic mixture at 150 px needs 15-25 GB for 512);
+    on a CPU, 512."""
+    if setting != "auto":
+        return int(setting)
+    if device.type != "cuda":
+        return DECODES_WITHOUT_GPU
+    probe = min(k, 16)
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    generator = torch.Generator(images.device).manual_seed(0)  # not the evaluation's draws
+    module.importance_weighted_log_likelihood(images[:1], probe, probe, generator)
+    per_decode = max(1, torch.cuda.max_memory_allocated(device) - before) / probe
+    free, _ = torch.cuda.mem_get_info(device)
+    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)  # cached
+    chosen = max(1, int(0.5 * free / per_decode))
+    log.info(
+        f"eval max_decodes=auto: {chosen} images decoded at once ({per_decode / 2**20:.1f} MB "
+        f"each, {free / 2**30:.1f} GiB free on {device})"
+    )
+    return chosen
+
+
+@torch.no_grad()
 def evaluate_model(
     module: VAELitModule,
     datamodule: LightningDataModule,
     split: str = "test",
     k: int = 100,
-    max_decodes: int = 512,
+    max_decodes: int | str = "auto",
     active_threshold: float = ACTIVITY_THRESHOLD,
     mig_bins: int = NUM_BINS,
     fid: Any = None,
@@ -71,6 +104,8 @@ def evaluate_model(
         n = images.shape[0]
         terms, mu = module.bound_terms(images)
         reconstructions = module.decode(mu)
+        if count == 0:  # auto: measured on the first batch, on the device
+            max_decodes = decodes_per_pass(max_decodes, module, images, k, device)
         iwae = module.importance_weighted_log_likelihood(images, k, max_decodes, generator)
         if "kl_per_layer" in terms.extras:  # a hierarchical VAE's layers
             layer_sums = layer_sums + terms.extras["kl_per_layer"].double() * n

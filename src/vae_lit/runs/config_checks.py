@@ -73,6 +73,14 @@ def optional(rule: Rule) -> Rule:
     return check
 
 
+def auto_or(rule: Rule) -> Rule:
+    def check(value: Any) -> str | None:
+        problem = None if value == "auto" else rule(value)
+        return f"{problem}, or auto" if problem else None
+
+    return check
+
+
 def positive_ints(value: Any) -> str | None:
     if isinstance(value, list | tuple | ListConfig) and value and all(is_int(v) for v in value):
         if all(v > 0 for v in value):
@@ -180,7 +188,7 @@ RULES: dict[str, Rule] = {
     "model.prior.num_pseudo_inputs": positive_int,
     "model.prior.num_components": positive_int,
     "eval_after_train.k": positive_int,
-    "eval_after_train.max_decodes": positive_int,
+    "eval_after_train.max_decodes": auto_or(positive_int),
 }
 # The same value in two places that must agree: (key, the key whose value it must equal, why).
 SAME_AS = (
@@ -203,7 +211,7 @@ def not_given(cfg: DictConfig, key: str) -> bool:
 # What `vae_lit.eval` takes under `eval.`: checked before the model is read, not after the work.
 EVAL_RULES: dict[str, Rule] = {
     "eval.k": positive_int,
-    "eval.max_decodes": positive_int,
+    "eval.max_decodes": auto_or(positive_int),
     "eval.batch_size": optional(positive_int),
     "eval.active_threshold": non_negative_number,
     "eval.mig_bins": positive_int,

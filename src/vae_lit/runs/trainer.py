@@ -7,6 +7,7 @@ any data is read.
 """
 
 import logging
+import warnings
 from typing import Any
 
 import torch
@@ -19,6 +20,20 @@ from pytorch_lightning.utilities import rank_zero_only
 from vae_lit.errors import UserError
 
 log = logging.getLogger(__name__)
+
+# What every entry point that builds a Trainer (train, train_prior) keeps off the console:
+# Lightning 2.6's own pytree helper builds torch's deprecated LeafSpec on every fit; not ours to
+# fix, and harmless until a Lightning release that builds leaves the new way.
+warnings.filterwarnings(
+    "ignore",
+    message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    category=FutureWarning,
+    module=r"pytorch_lightning\.utilities\._pytree",
+)
+# Lightning advertises its hosted logger on every run: a tip about a product, not about the run.
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
+    lambda record: "litlogger" not in record.getMessage()
+)
 
 
 def map_gpus(trainer_cfg: DictConfig, parallel_job: int | None = None) -> DictConfig:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # docs/celeba64_learning_curve.png: test bits/dim against training wall time on this CPU at 64 px
 # for hvae, logistic_vae and vqvae + its PixelCNN prior, each on one core (OMP_NUM_THREADS=1):
-#   bash docs/make_learning_curve.sh [celeba root] [minutes]   # 2 x minutes, then the scoring
+#   bash docs/make_learning_curve.sh [celeba root] [minutes]   # 2 x minutes, then the scoring (~25 min)
 # hvae and logistic_vae train side by side for the whole budget; then the VQ-VAE (with the same
 # discretized logistic likelihood, so its bits are true bits too) trains for two thirds of it and
 # its prior for the last third. A checkpoint is kept every tenth of the budget (timed_checkpoint)

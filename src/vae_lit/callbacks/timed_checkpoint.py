@@ -8,6 +8,8 @@ from pathlib import Path
 
 from pytorch_lightning import Callback, LightningModule, Trainer
 
+from vae_lit.errors import UserError
+
 
 class TimedCheckpoint(Callback):
     """After the first training batch that ends `minutes` after the last save (or the start):
@@ -15,7 +17,10 @@ class TimedCheckpoint(Callback):
 
     def __init__(self, dirpath: str, minutes: float):
         if not minutes > 0:
-            raise ValueError(f"minutes={minutes} must be positive: the time between checkpoints")
+            raise UserError(
+                f"callbacks.timed_checkpoint.minutes={minutes} must be a positive number of "
+                "minutes between two checkpoints"
+            )
         self.dirpath = Path(dirpath)
         self.seconds = 60 * minutes
         self.last_save = None

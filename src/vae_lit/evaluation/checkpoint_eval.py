@@ -111,7 +111,8 @@ def device_name(device: torch.device) -> str:
     """What a run's wall time was measured on: the GPU's name, or the CPU threads torch used."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{device.type} ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"{device.type} ({threads} thread{'' if threads == 1 else 's'})"
 
 
 def bound_name(module: torch.nn.Module, k: int) -> str:

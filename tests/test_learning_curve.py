@@ -7,9 +7,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from tests.conftest import ROOT, TINY, run_module
+from vae_lit.callbacks.timed_checkpoint import TimedCheckpoint
+from vae_lit.errors import UserError
 
 CURVE_SCRIPT = ROOT / "docs" / "learning_curve.py"
 
@@ -92,3 +95,8 @@ def test_the_curve_script_names_what_is_wrong_in_one_line(tmp_path: Path):
     assert not_a_run.returncode != 0
     assert f"{tmp_path} is not a run dir" in not_a_run.stderr
     assert "Traceback" not in no_name.stderr + not_a_run.stderr
+
+
+def test_a_timed_checkpoint_interval_that_is_not_positive_is_refused_in_one_line(tmp_path: Path):
+    with pytest.raises(UserError, match=r"^callbacks.timed_checkpoint.minutes=0 must be a posi"):
+        TimedCheckpoint(str(tmp_path), minutes=0)

@@ -9,11 +9,12 @@ import pytest
 from conftest import compose_config
 from test_vqvae import VQ_TINY
 
-from vae_lit.compare import best_checkpoint, sample_panel
+from vae_lit.compare import best_checkpoint, headline_table, sample_panel
 from vae_lit.train import train
 
 
 def test_eval_after_train_scores_a_vqvae_through_the_prior_it_trains(tmp_path: Path):
+    sweep, tmp_path = tmp_path, tmp_path / "0"  # job 0 of a one-job sweep, as a later addition
     overrides = [
         *VQ_TINY,
         "eval_after_train.enabled=true",
@@ -31,3 +32,12 @@ def test_eval_after_train_scores_a_vqvae_through_the_prior_it_trains(tmp_path: P
     assert ckpt == Path(evaluated["checkpoint"])
     panel, label = sample_panel(ckpt, samples=4, nrow=2, sample_px=16, seed=0)
     assert label == "" and panel.size > 0  # prior samples, not "(uniform codes)"
+
+    # the README's summary gives the bound through the prior (‡), not the uniform one (†), and
+    # names a one-job sweep's model by its variant, not by the sweep's command line
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text(
+        "- +experiment@_global_=vqvae\n- experiment=compare_sprites32\n- data.root=/data\n"
+    )
+    row = headline_table({"sprites": sweep}).splitlines()[2]
+    assert row.startswith(f"| vqvae | {evaluated['bits_per_dim']:.3f} ‡ / ")

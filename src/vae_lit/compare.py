@@ -49,16 +49,22 @@ VQ_NOTE = (
 )
 HEADLINE_NOTE = (
     "Bits/dim in bold are true bits per 8-bit subpixel (a discrete likelihood); the others are of "
-    "continuous densities or cross-entropies, comparable only with each other. † VQ-VAE: under a "
-    "uniform prior over its codes."
+    "continuous densities or cross-entropies, comparable only with each other. ‡ VQ-VAE: through "
+    "its PixelCNN prior; † under a uniform prior over its codes."
 )
 MAX_FIGURE_BYTES = 300_000  # figures for docs/: above it the PNG gets a 256-colour palette
 
 
+# The sweep and its data, on the command line of every job: a one-job sweep (a model added to a
+# comparison later) shows all its overrides, and these name no model.
+SWEEP_OVERRIDES = ("experiment=", "data.root=")
+
+
 def model_name(row: dict[str, Any]) -> str:
     """A job's label: its variant's name, else the overrides that set it apart, else its number."""
-    overrides = str(row.get("overrides") or "").replace(VARIANT_OVERRIDE, "")
-    return overrides or f"job {row['job']}"
+    words = str(row.get("overrides") or "").split()
+    label = " ".join(w for w in words if not w.startswith(SWEEP_OVERRIDES))
+    return label.replace(VARIANT_OVERRIDE, "") or f"job {row['job']}"
 
 
 def read_eval(run_dir: Path) -> dict[str, Any]:
@@ -274,11 +280,16 @@ def headline_table(sweeps: dict[str, Path | list[Path]]) -> str:
         for row in rows_of(sweep_dirs):
             evaluated = read_eval(Path(row["run dir"]))
             uniform = vq_uniform_bound(evaluated)
-            bits = fmt(uniform[1] if uniform else row["IWAE bits/dim"], ".3f")
+            through_prior = uniform is not None and evaluated.get("nll") is not None
+            if through_prior:  # a VQ-VAE scored through the prior its job trained
+                bits, mark = fmt(evaluated["bits_per_dim"], ".3f"), " ‡"
+            elif uniform is not None:
+                bits, mark = fmt(uniform[1], ".3f"), " †"
+            else:
+                bits, mark = fmt(row["IWAE bits/dim"], ".3f"), ""
             kind = evaluated.get("likelihood_kind") or row["likelihood_kind"]
             if kind == "discrete" and bits:  # true bits stand out from the continuous ones
                 bits = f"**{bits}**"
-            mark = " †" if uniform else ""
             text = f"{bits}{mark} / {fmt(row['test PSNR'], '.1f')} dB"
             cells.setdefault(model_name(row), {})[name] = text
     header = ["model", *(f"{name}: bits/dim / PSNR" for name in sweeps)]

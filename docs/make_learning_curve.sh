@@ -24,6 +24,7 @@ train() { # name, seconds, overrides...
   local name=$1 seconds=$2
   shift 2
   [ -f "$OUT/$name.done" ] && return 0
+  echo "$(date +%H:%M) training $name for $((seconds / 60)) min: $OUT/$name.log"
   $PYTHON -m vae_lit.train "${COMMON[@]}" "trainer.max_time=$(duration "$seconds")" "$@" \
     "hydra.run.dir=$OUT/$name" > "$OUT/$name.log" 2>&1
   touch "$OUT/$name.done"
@@ -36,6 +37,7 @@ train logistic_vae $BUDGET experiment=logistic_vae
 wait $side # its status: a failed run stops the script
 train vqvae $((BUDGET * 2 / 3)) experiment=vqvae model/likelihood=discretized_logistic
 if [ ! -f "$OUT/vqvae_prior.done" ]; then
+  echo "$(date +%H:%M) training the VQ-VAE's prior for $((BUDGET / 180)) min: $OUT/vqvae_prior.log"
   $PYTHON -m vae_lit.train_prior "ckpt=$OUT/vqvae/checkpoints/last.ckpt" trainer=cpu \
     trainer.max_epochs=100000 "trainer.max_time=$(duration $((BUDGET / 3)))" \
     "callbacks=[model_checkpoint,rich_progress_bar,timed_checkpoint]" "${TIMED[@]}" \
@@ -43,6 +45,7 @@ if [ ! -f "$OUT/vqvae_prior.done" ]; then
   touch "$OUT/vqvae_prior.done"
 fi
 
+echo "$(date +%H:%M) scoring the checkpoints: $OUT/eval.log"
 for checkpoint in "$OUT"/{hvae,logistic_vae,vqvae_prior}/checkpoints/timed/step_*.ckpt; do
   [ -f "$checkpoint.eval.json" ] && continue
   $PYTHON -m vae_lit.eval "ckpt=$checkpoint" "eval.json=$checkpoint.eval.json" eval.k=20 \

@@ -16,7 +16,7 @@ export OMP_NUM_THREADS=1
 
 duration() { printf "00:%02d:%02d:%02d" $(($1 / 3600)) $(($1 % 3600 / 60)) $(($1 % 60)); }
 BUDGET=$((MINUTES * 60))
-TIMED=(callbacks.timed_checkpoint.minutes=$(echo "$MINUTES / 10" | bc -l))
+TIMED=(callbacks.timed_checkpoint.minutes=$(awk "BEGIN { print $MINUTES / 10 }"))
 COMMON=(data=celeba "data.root=$DATA" data.image_size=64 data.batch_size=16 trainer=cpu
   logger=csv trainer.max_epochs=100000 "callbacks=[default,timed_checkpoint]" "${TIMED[@]}")
 

@@ -7,10 +7,12 @@
 # its prior for the last third. A checkpoint is kept every tenth of the budget (timed_checkpoint)
 # and scored by vae_lit.eval on the test split (IWAE k=20; a VQ-VAE's code length under its prior).
 # Runs that finished in OUT are reused (OUT/<run>.done): the same OUT goes on after a stop.
+# OUT=<dir> (default logs/learning_curve/...) and FIGURE=<png> (default the one in docs/) move them.
 set -euo pipefail
 DATA=${1:-../shared/data/celeba_sample}
 MINUTES=${2:-30}
 OUT=${OUT:-logs/learning_curve/celeba64_${MINUTES}min}
+FIGURE=${FIGURE:-docs/celeba64_learning_curve.png}
 PYTHON=${PYTHON:-.venv/bin/python}
 export OMP_NUM_THREADS=1
 
@@ -24,7 +26,7 @@ train() { # name, seconds, overrides...
   local name=$1 seconds=$2
   shift 2
   [ -f "$OUT/$name.done" ] && return 0
-  echo "$(date +%H:%M) training $name for $((seconds / 60)) min: $OUT/$name.log"
+  echo "$(date +%H:%M) training $name for $seconds s: $OUT/$name.log"
   $PYTHON -m vae_lit.train "${COMMON[@]}" "trainer.max_time=$(duration "$seconds")" "$@" \
     "hydra.run.dir=$OUT/$name" > "$OUT/$name.log" 2>&1
   touch "$OUT/$name.done"
@@ -37,7 +39,7 @@ train logistic_vae $BUDGET experiment=logistic_vae
 wait $side # its status: a failed run stops the script
 train vqvae $((BUDGET * 2 / 3)) experiment=vqvae model/likelihood=discretized_logistic
 if [ ! -f "$OUT/vqvae_prior.done" ]; then
-  echo "$(date +%H:%M) training the VQ-VAE's prior for $((BUDGET / 180)) min: $OUT/vqvae_prior.log"
+  echo "$(date +%H:%M) training the VQ-VAE's prior for $((BUDGET / 3)) s: $OUT/vqvae_prior.log"
   $PYTHON -m vae_lit.train_prior "ckpt=$OUT/vqvae/checkpoints/last.ckpt" trainer=cpu \
     trainer.max_epochs=100000 "trainer.max_time=$(duration $((BUDGET / 3)))" \
     "callbacks=[model_checkpoint,rich_progress_bar,timed_checkpoint]" "${TIMED[@]}" \
@@ -52,6 +54,6 @@ for checkpoint in "$OUT"/{hvae,logistic_vae,vqvae_prior}/checkpoints/timed/step_
     "eval.samplers=[]" eval.log_to_run=false >> "$OUT/eval.log" 2>&1
 done
 
-$PYTHON docs/learning_curve.py docs/celeba64_learning_curve.png "hvae=$OUT/hvae" \
+$PYTHON docs/learning_curve.py "$FIGURE" "hvae=$OUT/hvae" \
   "logistic_vae=$OUT/logistic_vae" "vqvae+prior=$OUT/vqvae,$OUT/vqvae_prior" \
   --title "CelebA 64, test bits/dim (IWAE k=20) against wall time, one core each"

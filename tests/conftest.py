@@ -72,6 +72,15 @@ def tiny_run(tmp_path_factory) -> tuple[Path, dict[str, float]]:
     return run_dir / "checkpoints" / "last.ckpt", metrics
 
 
+def console_noise(result) -> list[str]:
+    """The lines of a finished command's console that a normal run must not print: warnings
+    (`file.py:N: ...` included) and Lightning's advertisement for its hosted logger."""
+    import re
+
+    lines = (result.stdout + result.stderr).splitlines()
+    return [line for line in lines if re.search(r"warn|\.py:\d+: |litlogger", line, re.I)]
+
+
 def run_module(module: str, *args: str, cwd: Path, env: dict | None = None, timeout: int = 300):
     """Run `python -m <module> args` as a user would, in `cwd`; returns the CompletedProcess."""
     import subprocess

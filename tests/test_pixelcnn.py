@@ -4,12 +4,11 @@ VQ-VAE."""
 
 import csv
 import json
-import re
 
 import pytest
 import torch
 
-from tests.conftest import ROOT, compose_config, run_module
+from tests.conftest import ROOT, compose_config, console_noise, run_module
 from tests.test_vqvae import VQ_TINY
 from vae_lit.errors import UserError, find_user_error
 from vae_lit.networks.pixelcnn import GatedPixelCNN
@@ -164,9 +163,7 @@ def test_train_prior_prints_no_warning_and_no_lightning_tip(prior_run, tmp_path)
         cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    lines = (result.stdout + result.stderr).splitlines()
-    noise = [line for line in lines if re.search(r"warn|\.py:\d+: |litlogger", line, re.I)]
-    assert noise == []
+    assert console_noise(result) == []
 
 
 @pytest.mark.slow

@@ -220,15 +220,21 @@ EVAL_RULES: dict[str, Rule] = {
 }
 
 
-def check_eval_options(cfg: DictConfig) -> None:
-    """Raise UserError for the first `eval.*` value (or sampler name) the evaluation cannot use."""
-    for key, rule in EVAL_RULES.items():
+def check_rules(cfg: DictConfig, rules: dict[str, Rule]) -> None:
+    """Raise UserError for the first key of `rules` that the config sets to a value its rule
+    refuses; keys the config lacks are not checked."""
+    for key, rule in rules.items():
         if OmegaConf.select(cfg, key, default="???missing") == "???missing":
             continue
         value = OmegaConf.select(cfg, key)
         problem = rule(value)
         if problem:
             raise UserError(f"{key}={shown(value)} {problem}")
+
+
+def check_eval_options(cfg: DictConfig) -> None:
+    """Raise UserError for the first `eval.*` value (or sampler name) the evaluation cannot use."""
+    check_rules(cfg, EVAL_RULES)
     known = list((cfg.get("samplers") or {}).keys())
     for name in cfg.eval.get("samplers") or []:
         if name not in known:
@@ -258,13 +264,7 @@ def nan_values(node: Any, path: str = "") -> list[str]:
 
 def check_config(cfg: DictConfig) -> None:
     """Raise UserError for the first value no run can use. Reads no data and writes nothing."""
-    for key, rule in RULES.items():
-        if OmegaConf.select(cfg, key, default="???missing") == "???missing":
-            continue
-        value = OmegaConf.select(cfg, key)
-        problem = rule(value)
-        if problem:
-            raise UserError(f"{key}={shown(value)} {problem}")
+    check_rules(cfg, RULES)
     for key, other, why in SAME_AS:
         value = OmegaConf.select(cfg, key, default=None)
         wanted = OmegaConf.select(cfg, other, default=None)

@@ -1,13 +1,17 @@
-"""The decoder's fused output layer (models/upsample_conv.py) is the seed's upsample + conv: the
-same function and gradients, the same parameters, so old checkpoints load and train on."""
+"""The decoder's output layer. Its fused form (networks/upsample_conv.py) is the seed's upsample +
+conv: the same function and gradients, the same parameters, so old checkpoints load and train on.
+With `fp32_output` (networks/output_conv.py) it runs in fp32 under bf16 autocast, in every network,
+for the discrete likelihoods' true bits."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import ROOT
-from vae_lit.networks import ConvVAE
+from tests.conftest import ROOT, compose_config
+from vae_lit.networks import ConvVAE, ResNetVAE
+from vae_lit.networks.hierarchical import HierarchicalVAE
 from vae_lit.networks.upsample_conv import fuses, upsample_conv
+from vae_lit.networks.vqvae import VQVAE, VectorQuantizer
 
 
 def plain(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -119,3 +123,87 @@ def test_the_default_networks_parameters_are_unchanged():
         "blocks.10.weight": (3, 32, 3, 3),
         "blocks.10.bias": (3,),
     }
+
+
+# Each network at 16-32 px with its decode input: (net with the switch set, what `decode` takes).
+NETS = {
+    "conv": lambda fp32: (
+        ConvVAE(32, latent_dim=8, hidden_channels=(8, 16), out_channels=6, fp32_output=fp32),
+        torch.randn(2, 8),
+    ),
+    "resnet": lambda fp32: (
+        ResNetVAE(16, latent_dim=4, hidden_channels=(8, 16), out_channels=6, fp32_output=fp32),
+        torch.randn(2, 4),
+    ),
+    "hvae": lambda fp32: (
+        HierarchicalVAE(
+            16,
+            3,
+            6,
+            width=8,
+            latent_channels=2,
+            encoder_blocks=[0, 1, 1],
+            latent_layers=[0, 1, 1],
+            decoder_blocks=[0, 0, 0],
+            fp32_output=fp32,
+        ),
+        torch.randn(2, 2 * 8 * 8 + 2 * 4 * 4),
+    ),
+    "vqvae": lambda fp32: (
+        VQVAE(
+            VectorQuantizer(8, 4), 16, hidden_channels=(8, 16), out_channels=6, fp32_output=fp32
+        ),
+        torch.randn(2, 4, 4, 4),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+def test_fp32_output_switches_the_output_layer_to_fp32_under_bf16(name):
+    """With the switch the likelihood's parameters come out in fp32, off bf16's 8-bit grid (a
+    bf16 mean lands on a grid of up to half an 8-bit bin); without it, in bf16."""
+    for fp32 in (False, True):
+        torch.manual_seed(0)
+        net, z = NETS[name](fp32)
+        net.to(memory_format=torch.channels_last)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            params = net.decode(z)
+        assert params.shape[:2] == (2, 6)
+        assert params.dtype == (torch.float32 if fp32 else torch.bfloat16)
+        if fp32:
+            off_grid = params != params.to(torch.bfloat16).float()
+            assert off_grid.float().mean() > 0.9
+        with torch.no_grad():
+            assert net.decode(z).dtype == torch.float32  # no autocast: fp32 either way
+
+
+def test_the_fp32_output_layer_is_the_plain_fp32_layer_on_the_bf16_features():
+    """The conv decoder's fused layer runs in fp32: the output is the plain upsample + conv in
+    fp32 of the features the bf16 layers before it computed, to fp32 rounding (bf16's is ~1e-2)."""
+    torch.manual_seed(0)
+    net = ConvVAE(32, latent_dim=8, hidden_channels=(8, 16), out_channels=3, fp32_output=True)
+    net.to(memory_format=torch.channels_last)
+    decoder, z = net.decoder, torch.randn(4, 8)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        params = decoder(z)
+        h = torch.relu(decoder.from_latent(z)).view(4, *decoder.start_shape)
+        *body, upsample, conv = decoder.blocks
+        for block in body:
+            h = block(h.contiguous(memory_format=torch.channels_last))
+    assert h.dtype == torch.bfloat16
+    with torch.no_grad():
+        expected = plain(h.float(), conv.weight, conv.bias)
+    torch.testing.assert_close(params, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("model", ["conv", "resnet", "hvae", "vqvae"])
+def test_discrete_likelihoods_get_the_fp32_output_layer_by_default(tmp_path, model):
+    choose = {"resnet": ["model/net=resnet"], "conv": []}.get(model, [f"model={model}"])
+    for likelihood, discrete in (
+        ("bernoulli", False),
+        ("gaussian", False),
+        ("discretized_logistic", True),
+        ("discretized_logistic_mixture", True),
+    ):
+        cfg = compose_config(tmp_path, [*choose, f"model/likelihood={likelihood}"])
+        assert cfg.model.net.fp32_output is discrete, likelihood

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from vae_lit.errors import UserError
+from vae_lit.networks.output_conv import OutputConv2d
 from vae_lit.networks.upsample_conv import fuses, upsample_conv
 
 MIN_IMAGE_SIZE = 16
@@ -73,7 +74,12 @@ class ConvDecoder(nn.Module):
     """z -> per-pixel logits, mirroring the encoder with bilinear upsampling + conv blocks."""
 
     def __init__(
-        self, out_channels: int, hidden_channels: list[int], sizes: list[int], latent_dim: int
+        self,
+        out_channels: int,
+        hidden_channels: list[int],
+        sizes: list[int],
+        latent_dim: int,
+        fp32_output: bool = False,
     ):
         super().__init__()
         widths = list(reversed(hidden_channels))  # [256, 128, 64, 32]
@@ -84,9 +90,10 @@ class ConvDecoder(nn.Module):
         outs = widths[1:] + [out_channels]
         for i, (size, in_ch, out_ch) in enumerate(zip(targets, widths, outs, strict=True)):
             blocks.append(nn.Upsample(size=(size, size), mode="bilinear", align_corners=False))
-            blocks.append(nn.Conv2d(in_ch, out_ch, 3, padding=1))
-            if i < len(targets) - 1:  # the last conv gives logits, no activation
-                blocks.append(nn.ReLU(inplace=True))
+            if i < len(targets) - 1:
+                blocks += [nn.Conv2d(in_ch, out_ch, 3, padding=1), nn.ReLU(inplace=True)]
+            else:  # the last conv gives the likelihood's parameters, no activation
+                blocks.append(OutputConv2d(in_ch, out_ch, fp32_output))
         self.blocks = nn.Sequential(*blocks)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -97,9 +104,9 @@ class ConvDecoder(nn.Module):
         *body, upsample, conv = self.blocks
         for block in body:
             h = block(h)
-        if fuses(h, upsample.size, conv.weight):  # the same layer, faster (models/upsample_conv)
-            return upsample_conv(h, conv.weight, conv.bias)
-        return conv(upsample(h))
+        fused = fuses(h, upsample.size, conv.weight)  # the same layer, faster (upsample_conv)
+        with conv.precision(h) as h:  # in fp32 with `fp32_output`, fused or not
+            return upsample_conv(h, conv.weight, conv.bias) if fused else conv(upsample(h))
 
 
 class ConvVAE(nn.Module):
@@ -112,9 +119,11 @@ class ConvVAE(nn.Module):
         latent_dim: int = 64,
         hidden_channels: tuple[int, ...] = (32, 64, 128, 256),
         out_channels: int | None = None,
+        fp32_output: bool = False,
     ):
         """`out_channels`: the decoder's output maps, as many as the likelihood has parameters
-        (None: one per image channel, what Bernoulli and Gaussian likelihoods take)."""
+        (None: one per image channel, what Bernoulli and Gaussian likelihoods take);
+        `fp32_output`: the output layer in fp32 under autocast (networks/output_conv.py)."""
         super().__init__()
         if int(latent_dim) <= 0:
             raise UserError(f"model.net.latent_dim={latent_dim} must be a positive integer")
@@ -127,7 +136,9 @@ class ConvVAE(nn.Module):
         sizes = downsampled_sizes(self.image_size, len(hidden_channels))
         self.encoder = ConvEncoder(channels, hidden_channels, sizes[-1], self.latent_dim)
         self.out_channels = int(out_channels or channels)
-        self.decoder = ConvDecoder(self.out_channels, hidden_channels, sizes, self.latent_dim)
+        self.decoder = ConvDecoder(
+            self.out_channels, hidden_channels, sizes, self.latent_dim, fp32_output
+        )
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encoder(x)

@@ -33,6 +33,7 @@ from torch.utils.checkpoint import checkpoint
 
 from vae_lit.errors import UserError
 from vae_lit.networks.conv_vae import downsampled_sizes
+from vae_lit.networks.output_conv import OutputConv2d
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -165,7 +166,9 @@ class HierarchicalVAE(nn.Module):
         latent_layers: list[int] = (0, 1, 2, 2, 2),
         decoder_blocks: list[int] = (0, 0, 0, 0, 0),
         checkpoint_blocks: bool = False,
+        fp32_output: bool = False,
     ):
+        """`fp32_output`: the output layer in fp32 under autocast (networks/output_conv.py)."""
         super().__init__()
         encoder_blocks, latent_layers = list(encoder_blocks), list(latent_layers)
         decoder_blocks = list(decoder_blocks)
@@ -225,7 +228,7 @@ class HierarchicalVAE(nn.Module):
                 )
             )
         # 3x3: after a nearest upsampling, a 1x1 output would repeat each value over 2x2 pixels
-        self.output = nn.Conv2d(width, out_channels, 3, padding=1)
+        self.output = OutputConv2d(width, out_channels, fp32_output)
         self.latent_shapes = [
             (self.latent_channels, size, size)
             for size, n in reversed(list(zip(self.sizes, latent_layers, strict=True)))

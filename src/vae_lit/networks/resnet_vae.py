@@ -12,6 +12,7 @@ from torch import nn
 
 from vae_lit.errors import UserError
 from vae_lit.networks.conv_vae import check_net_shape, downsampled_sizes
+from vae_lit.networks.output_conv import OutputConv2d
 
 
 def group_norm(channels: int, groups: int) -> nn.GroupNorm:
@@ -69,6 +70,7 @@ class ResNetDecoder(nn.Module):
         sizes: list[int],
         latent_dim: int,
         groups: int,
+        fp32_output: bool = False,
     ):
         super().__init__()
         widths = list(reversed(widths))
@@ -84,7 +86,7 @@ class ResNetDecoder(nn.Module):
         layers += [
             group_norm(outs[-1], groups),
             nn.SiLU(),
-            nn.Conv2d(outs[-1], out_channels, 3, padding=1),
+            OutputConv2d(outs[-1], out_channels, fp32_output),
         ]
         self.blocks = nn.Sequential(*layers)
 
@@ -108,7 +110,9 @@ class ResNetVAE(nn.Module):
         blocks_per_level: int = 1,
         groups: int = 8,
         out_channels: int | None = None,
+        fp32_output: bool = False,
     ):
+        """`fp32_output`: the output layer in fp32 under autocast (networks/output_conv.py)."""
         super().__init__()
         if int(latent_dim) != latent_dim or int(latent_dim) <= 0:
             raise UserError(f"model.net.latent_dim={latent_dim} must be a positive integer")
@@ -125,7 +129,7 @@ class ResNetVAE(nn.Module):
         blocks, groups = int(blocks_per_level), int(groups)
         self.encoder = ResNetEncoder(channels, widths, blocks, sizes[-1], self.latent_dim, groups)
         self.decoder = ResNetDecoder(
-            self.out_channels, widths, blocks, sizes, self.latent_dim, groups
+            self.out_channels, widths, blocks, sizes, self.latent_dim, groups, fp32_output
         )
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

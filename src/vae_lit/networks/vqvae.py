@@ -17,6 +17,7 @@ from torch import nn
 
 from vae_lit.errors import UserError
 from vae_lit.networks.conv_vae import check_net_shape, downsampled_sizes
+from vae_lit.networks.output_conv import OutputConv2d
 
 CODEBOOKS = ("ema", "loss")
 
@@ -216,7 +217,9 @@ class VQVAE(nn.Module):
         hidden_channels: tuple[int, ...] = (64, 128),
         num_residual_blocks: int = 2,
         out_channels: int | None = None,
+        fp32_output: bool = False,
     ):
+        """`fp32_output`: the output layer in fp32 under autocast (networks/output_conv.py)."""
         super().__init__()
         widths = check_net_shape("VQ-VAE", image_size, channels, hidden_channels)
         self.image_size, self.channels = int(image_size), int(channels)
@@ -242,9 +245,10 @@ class VQVAE(nn.Module):
         ins, outs = widths[::-1], widths[::-1][1:] + [self.out_channels]
         for i, (size, c_in, c_out) in enumerate(zip(targets, ins, outs, strict=True)):
             decoder.append(nn.Upsample(size=(size, size), mode="bilinear", align_corners=False))
-            decoder.append(nn.Conv2d(c_in, c_out, 3, padding=1))
-            if i < len(targets) - 1:  # the last conv gives the likelihood's parameters
-                decoder.append(nn.ReLU(inplace=True))
+            if i < len(targets) - 1:
+                decoder += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(inplace=True)]
+            else:  # the last conv gives the likelihood's parameters
+                decoder.append(OutputConv2d(c_in, c_out, fp32_output))
         self.decoder = nn.Sequential(*decoder)
 
     @property

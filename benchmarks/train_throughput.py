@@ -155,7 +155,9 @@ def device_name(device: torch.device) -> str:
     except OSError:
         pass
     isa = [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return f"{model}, {torch.get_num_threads()} threads" + (f" ({', '.join(isa)})" if isa else "")
+    threads = torch.get_num_threads()
+    name = f"{model}, {threads} thread" + ("s" if threads != 1 else "")
+    return name + (f" ({', '.join(isa)})" if isa else "")
 
 
 def library_versions() -> dict[str, str]:

@@ -44,21 +44,12 @@ FUSED_DEVICES = ("cpu",)
 
 def fuses(x: torch.Tensor, size: tuple[int, int], weight: torch.Tensor) -> bool:
     """Whether the decoder computes its output layer with `upsample_conv`: an exact 2x upsampling
-    and a 3x3 kernel, on a device where it is faster, in bf16 or fp16. It rounds differently from
-    the plain pair (well below bf16's own rounding), so fp32 runs, the project's bit-for-bit
-    reference (tests/test_ingredients.py), keep the plain layer."""
+    and a 3x3 kernel, on a device where it is faster, in any precision (fp32 on one AVX2 core:
+    682 -> 262 ms forward + backward at batch 64, 150 px; it rounds differently from the plain
+    pair, ~1e-6 of the output's scale in fp32)."""
     height, width = x.shape[-2:]
-    device = x.device.type
-    low_precision = (torch.float16, torch.bfloat16)
     return (
-        device in FUSED_DEVICES
-        and (
-            x.dtype in low_precision
-            or (
-                torch.is_autocast_enabled(device)
-                and torch.get_autocast_dtype(device) in low_precision
-            )
-        )
+        x.device.type in FUSED_DEVICES
         and tuple(size) == (2 * height, 2 * width)
         and height >= 2
         and width >= 2

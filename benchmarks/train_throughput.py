@@ -19,8 +19,11 @@ measures:
   optimizer, at this batch size and the default precision) took max(its FLOPs / peak, its bytes /
   memory bandwidth), each op reading its inputs from and writing its outputs to memory
   (`StepCost`). Bandwidth: the vendor's HBM figure on a GPU, the best large copy on a CPU
-  (`bandwidth_gb_s`). `roofline_fraction` = ours / roofline. A compiled step fuses ops and moves
-  fewer bytes, so it can pass this eager roofline.
+  (`bandwidth_gb_s`). `roofline_fraction` = ours / roofline, the headline figure on CPU as on GPU
+  (MFU says little for a network bound by memory). A compiled step fuses ops and moves fewer bytes,
+  so it can pass this eager roofline. On a CPU, `roofline_by_op` checks the estimate against a
+  profile (torch.profiler) of one eager step: the six costliest ops, measured beside their roofline
+  seconds, which shows where the gap is.
 - `reference_img_s`: a plain PyTorch loop a user would write: same network and optimizer (Adam,
   PyTorch defaults), NCHW, fp32, the textbook loss, data where ours is (`data.on_device`);
   `reference_bf16_img_s`: the same in autocast.
@@ -285,7 +288,7 @@ class StepCost(TorchDispatchMode):
 
     def __init__(self):
         super().__init__()
-        self.ops: list[tuple[int, int]] = []  # (flops, bytes)
+        self.ops: list[tuple[str, int, int]] = []  # (op, flops, bytes)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -301,23 +304,41 @@ class StepCost(TorchDispatchMode):
         flops = (
             flop_registry[packet](*args, **kwargs, out_val=out) if packet in flop_registry else 0
         )
-        self.ops.append((int(flops), int(moved)))
+        self.ops.append((packet.__name__, int(flops), int(moved)))
         return out
 
 
 def roofline_step_seconds(
     model_cfg, autocast: torch.dtype | None, device, batch, peak_gflops: float, gb_s: float
-) -> tuple[float, float]:
-    """(seconds, bytes) of one eager training step of our module at `batch` on the roofline:
-    each op takes max(FLOPs / peak, bytes / bandwidth)."""
+) -> tuple[float, float, dict | None]:
+    """(seconds, bytes, by op) of one eager training step of our module at `batch` on the
+    roofline: each op takes max(FLOPs / peak, bytes / bandwidth). By op (CPU only): the six ops
+    that took longest in a profiled step, {op: {measured_s, roofline_s}}; an op's measured time
+    includes the kernels it calls (`convolution` runs `mkldnn_convolution`)."""
     step = bare_path(model_cfg, autocast, device)
     step(batch, 0)  # optimizer state exists from here on, as in a long run
     cost = StepCost()
     with cost:
         step(batch, 1)
     synchronize(device)
-    seconds = sum(max(f / (peak_gflops * 1e9), b / (gb_s * 1e9)) for f, b in cost.ops)
-    return seconds, sum(b for _, b in cost.ops)
+    roofline: dict[str, float] = {}
+    for op, flops, moved in cost.ops:
+        seconds = max(flops / (peak_gflops * 1e9), moved / (gb_s * 1e9))
+        roofline[op] = roofline.get(op, 0.0) + seconds
+    by_op = None
+    if device.type == "cpu":
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+            step(batch, 2)
+        measured = {event.key: event.cpu_time_total / 1e6 for event in profile.key_averages()}
+        costliest = sorted(roofline, key=lambda op: -measured.get(f"aten::{op}", 0.0))[:6]
+        by_op = {
+            op: {
+                "measured_s": round(measured.get(f"aten::{op}", 0.0), 4),
+                "roofline_s": round(roofline[op], 4),
+            }
+            for op in costliest
+        }
+    return sum(roofline.values()), sum(moved for _, _, moved in cost.ops), by_op
 
 
 # -- the timed paths -----------------------------------------------------------------------------
@@ -552,7 +573,7 @@ def measure_batch(args, device: torch.device, batch: int, root: Path, peaks: dic
         return round(gflop * rate / peak_gflops, 3) if peak_gflops else None
 
     one_batch = next(iter(loader)).to(device)
-    roofline_s, step_bytes = roofline_step_seconds(
+    roofline_s, step_bytes, roofline_by_op = roofline_step_seconds(
         cfg.model, AUTOCAST[default_precision], device, one_batch, default_peak, bandwidth
     )
     low_tag = TAGS[low]
@@ -587,6 +608,7 @@ def measure_batch(args, device: torch.device, batch: int, root: Path, peaks: dic
         "reference_mfu": mfu(img_s["reference"], peak_of("fp32")),
         "roofline_img_s": round(batch / roofline_s, 2),
         "roofline_fraction": round(ours * roofline_s / batch, 3),
+        "roofline_by_op": roofline_by_op,
         "speedup_vs_reference": round(ours / img_s["reference"], 2),
         **{
             f"{t}_speedup_vs_reference": round(img_s[f"ours_{t}"] / img_s["reference"], 2)

@@ -32,9 +32,16 @@ TAPS = torch.tensor(
 
 
 @functools.cache
-def taps_on(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """TAPS on `device`, copied once: a copy per call would be a host-to-device copy per step."""
+def cached_taps(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     return TAPS.to(device, dtype)
+
+
+def taps_on(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """TAPS on `device`, copied once: a copy per call would be a host-to-device copy per step.
+    torch.compile traces the copy as a constant instead (and warns about a cached function)."""
+    if torch.compiler.is_compiling():
+        return TAPS.to(device, dtype)
+    return cached_taps(device, dtype)
 
 
 # Devices where the fused layer is measured to be faster (benchmarks/RESULTS.md); elsewhere the

@@ -14,6 +14,7 @@ import torch
 from tests.conftest import ROOT, TINY, compose_config, run_module
 from tests.test_sweep import wandb_runs
 from vae_lit.errors import UserError
+from vae_lit.persistence.file_layout import CONFIG_KEY
 from vae_lit.runs.resume import newest_readable
 from vae_lit.train import train
 
@@ -118,6 +119,18 @@ def test_resume_auto_refuses_a_checkpoint_of_another_network(tmp_path: Path):
     cfg = compose_config(tmp_path, [*TINY, "model.net.latent_dim=8", "resume=auto"])
     with pytest.raises(UserError, match=r"model.net: latent_dim 4 -> 8"):
         train(cfg)
+
+
+def test_a_checkpoint_from_before_a_network_option_existed_resumes(tmp_path: Path):
+    """Checkpoints written before `model.net.fp32_output` existed hold no such key: they resume."""
+    train(compose_config(tmp_path, [*TINY, "test=false"]))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=True)
+    del checkpoint[CONFIG_KEY]["model"]["net"]["fp32_output"]
+    torch.save(checkpoint, last)
+    train(compose_config(tmp_path, [*TINY, "test=false", "resume=auto", "trainer.max_epochs=2"]))
+    final = torch.load(last, weights_only=True)
+    assert (final["epoch"], final["global_step"]) == (1, 2 * STEPS_PER_EPOCH)
 
 
 @pytest.mark.parametrize(

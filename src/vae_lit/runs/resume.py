@@ -82,15 +82,17 @@ def resume_path(cfg: DictConfig, trainer: Trainer) -> str | None:
 
 
 def check_same_network(path: Path, checkpoint: dict[str, Any], cfg: DictConfig) -> None:
-    """A checkpoint of another network would fail deep inside load_state_dict; say so plainly."""
+    """A checkpoint of another network would fail deep inside load_state_dict; say so plainly.
+    An option the checkpoint's config lacks was added to the network after it was written (say
+    `fp32_output`): its default builds the network the checkpoint has, so it is not compared."""
     saved = (checkpoint.get(CONFIG_KEY) or {}).get("model", {}).get("net")
     if saved is None:
         return
     wanted = OmegaConf.to_container(cfg.model.net, resolve=True)
     changed = [
-        f"{key} {saved.get(key)} -> {wanted[key]}"
+        f"{key} {saved[key]} -> {wanted[key]}"
         for key in wanted
-        if key != "_target_" and saved.get(key) != wanted[key]
+        if key != "_target_" and key in saved and saved[key] != wanted[key]
     ]
     if changed:
         raise UserError(

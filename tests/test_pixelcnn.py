@@ -85,6 +85,22 @@ def test_sampling_is_seeded_and_low_temperature_picks_the_most_likely_code():
         net.sample(1, 2, temperature=0)
 
 
+@pytest.mark.parametrize(("layers", "kernel"), [(2, 3), (3, 5)])
+def test_the_row_by_row_pass_gives_the_whole_pass_logits(layers, kernel):
+    """What `sample` runs (the rows above once a row, then the horizontal stack of one row) gives
+    the logits of the whole pass at every row, on a grid taller than the rows a position sees, so
+    the cut above is exercised too."""
+    net = GatedPixelCNN(num_codes=7, hidden_channels=8, num_layers=layers, kernel_size=kernel)
+    torch.nn.init.normal_(net.embedding.weight)
+    rows = net.rows_seen_above + 4
+    codes = torch.randint(7, (3, rows, 6), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        whole = net(codes)
+        for r in range(rows):
+            row = net.row_logits(codes[:, r : r + 1], net.rows_above(codes, r))
+            torch.testing.assert_close(row, whole[:, :, r : r + 1], rtol=1e-5, atol=1e-6)
+
+
 def test_an_even_kernel_is_a_one_line_error():
     with pytest.raises(UserError, match="prior.kernel_size=4 must be odd"):
         GatedPixelCNN(num_codes=8, kernel_size=4)

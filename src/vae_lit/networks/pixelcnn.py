@@ -42,21 +42,26 @@ class GatedLayer(nn.Module):
         self.horizontal_out = nn.Conv2d(dim, dim, 1)
 
     def forward(self, v: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        k = self.half
-        v_pre = self.vertical(F.pad(v, (k, k, k, 0)))  # row r: input rows r-k .. r
+        v_pre = self.vertical(F.pad(v, (self.half, self.half, self.half, 0)))  # rows r-k .. r
+        return gate(v_pre), self.horizontal_stack(h, shift_down(v_pre))
+
+    def horizontal_stack(self, h: torch.Tensor, v_pre_above: torch.Tensor) -> torch.Tensor:
+        """The horizontal stack, given the vertical stack's pre-activation of the row above."""
         h_in = shift_right(h) if self.first else h
-        h_pre = self.horizontal(F.pad(h_in, (k, 0, 0, 0)))  # column c: columns c-k .. c
-        h_pre = h_pre + self.vertical_to_horizontal(shift_down(v_pre))
-        h_out = self.horizontal_out(gate(h_pre))
+        h_pre = self.horizontal(F.pad(h_in, (self.half, 0, 0, 0)))  # columns c-k .. c
+        h_out = self.horizontal_out(gate(h_pre + self.vertical_to_horizontal(v_pre_above)))
         if not self.first:  # the first layer's input holds the current code itself
             h_out = h_out + h
-        return gate(v_pre), h_out
+        return h_out
 
 
 class GatedPixelCNN(nn.Module):
     """Logits (B, num_codes, h, w) of each code given the codes before it in raster order.
 
-    `sample` draws grids one position at a time, h * w passes of the network.
+    `sample` draws grids one position at a time. Within a row only the horizontal stack changes:
+    the vertical stack's view of the rows above is computed once a row (`rows_above`), and each
+    position runs the horizontal stack on its own row (`row_logits`), ~50x less work than a whole
+    pass at 38x38 codes (a 150 px VQ-VAE).
     """
 
     def __init__(
@@ -98,6 +103,37 @@ class GatedPixelCNN(nn.Module):
             v, h = layer(v, h)
         return self.head(h)
 
+    @property
+    def rows_seen_above(self) -> int:
+        """How many rows above a position can change its logits: k // 2 per layer, plus the
+        shift down between the stacks."""
+        return len(self.layers) * self.layers[0].half + 1
+
+    def rows_above(self, codes: torch.Tensor, row: int) -> list[torch.Tensor]:
+        """For each layer, the vertical pre-activation of the row above `row` (zeros at row 0),
+        (B, 2 * hidden, 1, w): what the horizontal stack of `row` reads from the rows above."""
+        top = max(0, row - self.rows_seen_above)  # rows above these cannot matter
+        v = self.embedding(codes[:, top:row]).permute(0, 3, 1, 2) if row > 0 else None
+        above = []
+        for layer in self.layers:
+            if v is None:
+                width = 2 * self.embedding.embedding_dim
+                shape = (codes.shape[0], width, 1, codes.shape[2])
+                above.append(self.embedding.weight.new_zeros(shape))
+                continue
+            v_pre = layer.vertical(F.pad(v, (layer.half, layer.half, layer.half, 0)))
+            above.append(v_pre[:, :, -1:])
+            v = gate(v_pre)
+        return above
+
+    def row_logits(self, row_codes: torch.Tensor, above: list[torch.Tensor]) -> torch.Tensor:
+        """(B, num_codes, 1, w) logits of one row, (B, 1, w) its codes so far, `above` from
+        `rows_above`: the whole pass's logits of that row."""
+        h = self.embedding(row_codes).permute(0, 3, 1, 2)
+        for layer, v_pre_above in zip(self.layers, above, strict=True):
+            h = layer.horizontal_stack(h, v_pre_above)
+        return self.head(h)
+
     def nll(self, codes: torch.Tensor) -> torch.Tensor:
         """-log p(codes) in nats, summed over the grid: shape (B,)."""
         logits = self(codes).float()
@@ -119,9 +155,10 @@ class GatedPixelCNN(nn.Module):
         device = self.embedding.weight.device
         codes = torch.zeros(n, rows, cols, dtype=torch.long, device=device)
         for r in range(rows):
+            above = self.rows_above(codes, r)
             for c in range(cols):
-                # only rows <= r can matter to position (r, c): cut the grid there
-                logits = self(codes[:, : r + 1])[:, :, r, c].float() / temperature
+                logits = self.row_logits(codes[:, r : r + 1], above)[:, :, 0, c].float()
+                logits = logits / temperature
                 probs = torch.softmax(logits, dim=1).cpu()
                 codes[:, r, c] = (
                     torch.multinomial(probs, 1, generator=generator).squeeze(1).to(device)

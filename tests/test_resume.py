@@ -16,7 +16,7 @@ from tests.test_sweep import wandb_runs
 from vae_lit.errors import UserError
 from vae_lit.persistence.file_layout import CONFIG_KEY
 from vae_lit.runs.resume import newest_readable
-from vae_lit.train import train
+from vae_lit.train import sweeper_value, train
 
 EPOCHS = 5
 STEPS_PER_EPOCH = 4  # 96 images: 76 for training, batches of 16, the last partial one dropped
@@ -131,6 +131,20 @@ def test_a_checkpoint_from_before_a_network_option_existed_resumes(tmp_path: Pat
     train(compose_config(tmp_path, [*TINY, "test=false", "resume=auto", "trainer.max_epochs=2"]))
     final = torch.load(last, weights_only=True)
     assert (final["epoch"], final["global_step"]) == (1, 2 * STEPS_PER_EPOCH)
+
+
+def test_a_finished_run_started_again_still_gives_the_sweeper_its_metric(tmp_path: Path):
+    """Run again after a kill during eval_after_train, a finished run resumes at its end and
+    validates nothing; the sweeper still gets val/loss: the best one its checkpoint kept."""
+    train(compose_config(tmp_path, [*TINY, "test=false"]))
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    (best,) = [
+        state["best_model_score"]
+        for name, state in checkpoint["callbacks"].items()
+        if name.startswith("ModelCheckpoint") and state["monitor"] == "val/loss"
+    ]
+    cfg = compose_config(tmp_path, [*TINY, "test=false", "resume=auto"])
+    assert sweeper_value(cfg, train(cfg)) == pytest.approx(float(best))
 
 
 @pytest.mark.parametrize(

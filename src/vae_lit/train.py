@@ -124,8 +124,11 @@ def fit_and_test(cfg: DictConfig) -> dict[str, float]:
             # weights_only: a checkpoint's pickle may hold tensors and plain values, never code
             trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        callback = trainer.checkpoint_callback
+        if callback and callback.monitor not in metrics and callback.best_model_score is not None:
+            # a finished run started again resumes at its end and validates nothing: its best
+            metrics[callback.monitor] = float(callback.best_model_score)
         if cfg.get("test"):
-            callback = trainer.checkpoint_callback
             best = callback.best_model_path if callback else ""
             # verbose=False: the run report below prints the test metrics with their meaning
             trainer.test(

@@ -24,8 +24,9 @@ measures:
   so it can pass this eager roofline. On a CPU, `roofline_by_op` checks the estimate against a
   profile (torch.profiler) of one eager step: the six costliest ops, measured beside their roofline
   seconds, which shows where the gap is.
-- `reference_img_s`: a plain PyTorch loop a user would write: same network and optimizer (Adam,
-  PyTorch defaults), NCHW, fp32, the textbook loss, data where ours is (`data.on_device`);
+- `reference_img_s`: a plain PyTorch loop a user would write: same network (with the seed's plain
+  output layer, not our fused one) and optimizer (Adam, PyTorch defaults), NCHW, fp32, the textbook
+  loss, data where ours is (`data.on_device`);
   `reference_bf16_img_s`: the same in autocast.
 - `ours_img_s`: `VAELitModule` from the real config inside a Lightning `Trainer` with the defaults
   a user gets (callbacks, logger, `precision: auto`), `ours_fp32_img_s` / `ours_bf16_img_s` with
@@ -58,7 +59,8 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -367,14 +369,18 @@ def timed_loop(step: Callable, batches, warmup: int, device: torch.device) -> fl
 
 
 def reference_path(net_cfg, lr: float, autocast: torch.dtype | None, device: torch.device):
-    """A plain PyTorch training loop over the same network: NCHW, fp32 weights, Adam defaults."""
+    """A plain PyTorch training loop over the same network with the seed's output layer (plain
+    upsample + conv, not ours fused): NCHW, fp32 weights, Adam defaults."""
     torch.manual_seed(0)
     net = instantiate(net_cfg).to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
 
     def step(batch: torch.Tensor, i: int) -> None:
         x = batch.float() / 255
-        with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=bool(autocast)):
+        autocast_on = torch.autocast(
+            device.type, dtype=autocast or torch.float32, enabled=bool(autocast)
+        )
+        with autocast_on, fused_output_layer_on(()):
             out = net(x)
             loss = textbook_loss(x, out.logits, out.mu, out.logvar)
         optimizer.zero_grad(set_to_none=True)
@@ -424,16 +430,23 @@ def trainer_path(cfg: DictConfig, precision: str, datamodule, warmup: int, devic
     return run_round
 
 
+@contextmanager
+def fused_output_layer_on(devices: tuple[str, ...]) -> Iterator[None]:
+    """The decoder's fused output layer (`vae_lit.networks.upsample_conv`) on exactly `devices`."""
+    saved = output_layer.FUSED_DEVICES
+    output_layer.FUSED_DEVICES = devices
+    try:
+        yield
+    finally:
+        output_layer.FUSED_DEVICES = saved
+
+
 def with_fused_output_layer(run: Callable[[], float], device: torch.device):
     """`run` with the decoder's fused output layer switched on for `device` too."""
 
     def run_fused() -> float:
-        devices = output_layer.FUSED_DEVICES
-        output_layer.FUSED_DEVICES = (*devices, device.type)
-        try:
+        with fused_output_layer_on((*output_layer.FUSED_DEVICES, device.type)):
             return run()
-        finally:
-            output_layer.FUSED_DEVICES = devices
 
     return run_fused
 

@@ -41,6 +41,7 @@ def test_eval_after_train_scores_a_vqvae_through_the_prior_it_trains(tmp_path: P
     (tmp_path / ".hydra").mkdir()
     (tmp_path / ".hydra" / "overrides.yaml").write_text(
         "- +experiment@_global_=vqvae\n- experiment=compare_sprites32\n- data.root=/data\n"
+        "- eval_after_train.prior_epochs=1\n- ckpt_path=/runs/0/checkpoints/last.ckpt\n"
     )
     row = headline_table({"sprites": sweep}).splitlines()[2]
     assert row.startswith(f"| vqvae | {evaluated['bits_per_dim']:.3f} ‡ / ")

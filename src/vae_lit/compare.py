@@ -56,8 +56,9 @@ MAX_FIGURE_BYTES = 300_000  # figures for docs/: above it the PNG gets a 256-col
 
 
 # The sweep and its data, on the command line of every job: a one-job sweep (a model added to a
-# comparison later) shows all its overrides, and these name no model.
-SWEEP_OVERRIDES = ("experiment=", "data.root=")
+# comparison later) shows all its overrides, and these name no model; nor do how it was evaluated
+# and where it resumed from.
+SWEEP_OVERRIDES = ("experiment=", "data.root=", "eval_after_train.", "ckpt_path=", "resume=")
 
 
 def model_name(row: dict[str, Any]) -> str:

@@ -189,7 +189,7 @@ def train_prior_for_eval(vqvae_ckpt: str, run_dir: str, epochs: int, seed) -> st
         f"paths.output_dir={Path(run_dir) / 'prior'}",
         f"trainer.max_epochs={epochs}",
         "callbacks=[model_checkpoint]",
-        # train_prior.yaml's own per-epoch grid: 64 samples of 38x38 codes (150 px) take hours
+        # train_prior.yaml's own per-epoch grid of 64 samples: minutes an epoch at 38x38 codes
         "~callbacks.prior_sample_grid",
         "logger=csv",
         *([f"seed={seed}"] if seed is not None else []),

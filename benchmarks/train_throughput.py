@@ -26,12 +26,13 @@ measures:
   seconds, which shows where the gap is.
 - `reference_img_s`: a plain PyTorch loop a user would write: same network (with the seed's plain
   output layer, not our fused one) and optimizer (Adam, PyTorch defaults), NCHW, fp32, the textbook
-  loss, data where ours is (`data.on_device`);
+  loss, data where ours is (`data.on_device`), host memory as glibc's malloc gives it;
   `reference_bf16_img_s`: the same in autocast.
 - `ours_img_s`: `VAELitModule` from the real config inside a Lightning `Trainer` with the defaults
-  a user gets (callbacks, logger, `precision: auto`), `ours_fp32_img_s` / `ours_bf16_img_s` with
-  `trainer.precision` set. `bare_*`: the same module in a hand-written loop, so `trainer_vs_bare`
-  is what Lightning costs. With `--compile`, `ours_<precision>_compile[_<mode>]` add
+  a user gets (callbacks, `host_memory` among them, logger, `precision: auto`), `ours_fp32_img_s` /
+  `ours_bf16_img_s` with `trainer.precision` set. `bare_*`: the same module in a hand-written loop
+  (with host memory kept as the `host_memory` callback keeps it), so `trainer_vs_bare` is what
+  Lightning costs. With `--compile`, `ours_<precision>_compile[_<mode>]` add
   `model.compile=<mode>` (default precision only). On a GPU, `ours_<precision>_fused_output`
   also runs the decoder's fused output layer (`vae_lit.networks.upsample_conv`, on by default on
   CPU only), to decide whether it should be the default there too.
@@ -60,7 +61,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -78,6 +79,7 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 import vae_lit.networks.upsample_conv as output_layer
+from vae_lit.callbacks.host_memory import freed_host_memory_kept
 from vae_lit.data.datamodule import ImageArrayDataset, ImageDataModule
 from vae_lit.networks import ConvVAE
 from vae_lit.runs.trainer import auto_precision, build_trainer, instantiate_group, map_gpus
@@ -311,12 +313,14 @@ class StepCost(TorchDispatchMode):
 
 
 def roofline_step_seconds(
-    model_cfg, autocast: torch.dtype | None, device, batch, peak_gflops: float, gb_s: float
+    cfg, autocast: torch.dtype | None, device, batch, peak_gflops: float, gb_s: float
 ) -> tuple[float, float, dict | None]:
     """(seconds, bytes, by op) of one eager training step of our module at `batch` on the
     roofline: each op takes max(FLOPs / peak, bytes / bandwidth). By op (CPU only): the six ops
-    that took longest in a profiled step, {op: {measured_s, roofline_s}}; an op's measured time
-    includes the kernels it calls (`convolution` runs `mkldnn_convolution`)."""
+    that took longest in a profiled step (with host memory as a fit keeps it), {op: {measured_s,
+    roofline_s}}; an op's measured time includes the kernels it calls (`convolution` runs
+    `mkldnn_convolution`)."""
+    model_cfg = cfg.model
     step = bare_path(model_cfg, autocast, device)
     step(batch, 0)  # optimizer state exists from here on, as in a long run
     cost = StepCost()
@@ -329,8 +333,12 @@ def roofline_step_seconds(
         roofline[op] = roofline.get(op, 0.0) + seconds
     by_op = None
     if device.type == "cpu":
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
-            step(batch, 2)
+        with host_memory_as_fitted(cfg):
+            step(batch, 2)  # the heap settles, as in a run's first steps
+            with torch.profiler.profile(
+                activities=[torch.profiler.ProfilerActivity.CPU]
+            ) as profile:
+                step(batch, 3)
         measured = {event.key: event.cpu_time_total / 1e6 for event in profile.key_averages()}
         costliest = sorted(roofline, key=lambda op: -measured.get(f"aten::{op}", 0.0))[:6]
         by_op = {
@@ -368,6 +376,12 @@ def timed_loop(step: Callable, batches, warmup: int, device: torch.device) -> fl
     return clock.seconds()
 
 
+def timed_in(context: AbstractContextManager, *args) -> float:
+    """`timed_loop(*args)` inside `context`."""
+    with context:
+        return timed_loop(*args)
+
+
 def reference_path(net_cfg, lr: float, autocast: torch.dtype | None, device: torch.device):
     """A plain PyTorch training loop over the same network with the seed's output layer (plain
     upsample + conv, not ours fused): NCHW, fp32 weights, Adam defaults."""
@@ -388,6 +402,16 @@ def reference_path(net_cfg, lr: float, autocast: torch.dtype | None, device: tor
         optimizer.step()
 
     return step
+
+
+def host_memory_as_fitted(cfg: DictConfig) -> AbstractContextManager:
+    """What the `host_memory` callback does during a fit (callbacks/host_memory.py), for the
+    paths outside a Trainer that run our module; the reference loop runs with glibc's defaults."""
+    return (
+        freed_host_memory_kept()
+        if "host_memory" in (cfg.get("callbacks") or {})
+        else nullcontext()
+    )
 
 
 def bare_path(model_cfg, autocast: torch.dtype | None, device: torch.device):
@@ -514,7 +538,9 @@ def measure_batch(args, device: torch.device, batch: int, root: Path, peaks: dic
             s, iter(loader), args.warmup, device
         )
         bare_step = bare_path(cfg.model, dtype, device)
-        paths[f"bare_{tag}"] = lambda s=bare_step: timed_loop(s, iter(loader), args.warmup, device)
+        paths[f"bare_{tag}"] = lambda s=bare_step: timed_in(
+            host_memory_as_fitted(cfg), s, iter(loader), args.warmup, device
+        )
         paths[f"ours_{tag}"] = trainer_path(
             cfg, precision, datamodule, args.warmup, device, root / precision
         )
@@ -587,7 +613,7 @@ def measure_batch(args, device: torch.device, batch: int, root: Path, peaks: dic
 
     one_batch = next(iter(loader)).to(device)
     roofline_s, step_bytes, roofline_by_op = roofline_step_seconds(
-        cfg.model, AUTOCAST[default_precision], device, one_batch, default_peak, bandwidth
+        cfg, AUTOCAST[default_precision], device, one_batch, default_peak, bandwidth
     )
     low_tag = TAGS[low]
     result = {

@@ -1,0 +1,77 @@
+"""The host-memory callback keeps freed memory for the next step while fitting, and only then:
+counted in page faults (each fresh page the kernel hands out is one) and in resident memory."""
+
+import resource
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY, compose_config
+from hydra.utils import instantiate
+from pytorch_lightning import Callback
+
+from vae_lit.callbacks.host_memory import KeepFreedHostMemory, freed_host_memory_kept, glibc
+from vae_lit.runs.trainer import build_trainer, instantiate_group
+
+pytestmark = pytest.mark.skipif(glibc() is None, reason="the callback tunes glibc's malloc only")
+
+MEGABYTES = 256
+PAGES = MEGABYTES * 2**20 // 4096
+
+
+def faults_of_a_repeated_allocation() -> int:
+    """Page faults of allocating, filling and freeing a large tensor once more: about one per 4 KB
+    page when it gets fresh pages (at least one per 2 MB with transparent huge pages), ~0 when it
+    reuses the memory of the ones before (two, as the heap's layout settles, like a run's first
+    steps)."""
+    for _ in range(2):
+        torch.ones(MEGABYTES * 2**20 // 4)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    torch.ones(MEGABYTES * 2**20 // 4)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+def resident_mb() -> float:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * 4096 / 2**20
+
+
+def test_freed_memory_is_reused_inside_and_handed_back_after():
+    assert faults_of_a_repeated_allocation() >= PAGES / 512  # glibc's default: fresh pages
+    with freed_host_memory_kept() as kept:
+        assert kept
+        assert faults_of_a_repeated_allocation() < PAGES / 1024
+        kept_mb = resident_mb()
+    assert faults_of_a_repeated_allocation() >= PAGES / 512
+    assert resident_mb() < kept_mb - MEGABYTES / 2  # malloc_trim gave the kept block back
+
+
+class FaultProbe(Callback):
+    def __init__(self):
+        self.faults: list[int] = []
+
+    def on_train_batch_end(self, *args) -> None:
+        self.faults.append(faults_of_a_repeated_allocation())
+
+
+def test_the_default_callbacks_keep_memory_while_fitting_and_the_switch_turns_it_off(
+    tmp_path: Path,
+):
+    for overrides, keeps in ((TINY, True), (TINY + ["~callbacks.host_memory"], False)):
+        cfg = compose_config(tmp_path / str(keeps), overrides)
+        callbacks = instantiate_group(cfg.callbacks)
+        assert any(isinstance(c, KeepFreedHostMemory) for c in callbacks) == keeps
+        probe = FaultProbe()
+        trainer_cfg = cfg.trainer.copy()
+        trainer_cfg.limit_train_batches, trainer_cfg.limit_val_batches = 2, 1
+        trainer = build_trainer(trainer_cfg, callbacks=[*callbacks, probe], logger=False)
+        trainer.fit(instantiate(cfg.model), datamodule=instantiate(cfg.data))
+        assert len(probe.faults) == 2
+        assert all((f < PAGES / 1024) == keeps for f in probe.faults), probe.faults
+        assert faults_of_a_repeated_allocation() >= PAGES / 512  # the defaults are back after fit
+
+
+def test_the_users_own_malloc_settings_win(monkeypatch):
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")
+    with freed_host_memory_kept() as kept:
+        assert not kept
+        assert faults_of_a_repeated_allocation() >= PAGES / 512

@@ -46,11 +46,14 @@ def test_freed_memory_is_reused_inside_and_handed_back_after():
 
 
 class FaultProbe(Callback):
-    def __init__(self):
+    def __init__(self, fail_at: int | None = None):
         self.faults: list[int] = []
+        self.fail_at = fail_at
 
     def on_train_batch_end(self, *args) -> None:
         self.faults.append(faults_of_a_repeated_allocation())
+        if len(self.faults) == self.fail_at:
+            raise RuntimeError("the run dies here")
 
 
 def test_the_default_callbacks_keep_memory_while_fitting_and_the_switch_turns_it_off(
@@ -68,6 +71,16 @@ def test_the_default_callbacks_keep_memory_while_fitting_and_the_switch_turns_it
         assert len(probe.faults) == 2
         assert all((f < PAGES / 1024) == keeps for f in probe.faults), probe.faults
         assert faults_of_a_repeated_allocation() >= PAGES / 512  # the defaults are back after fit
+
+
+def test_a_fit_that_dies_gives_the_memory_back(tmp_path: Path):
+    cfg = compose_config(tmp_path, TINY)
+    probe = FaultProbe(fail_at=1)
+    trainer = build_trainer(cfg.trainer, callbacks=[KeepFreedHostMemory(), probe], logger=False)
+    with pytest.raises(RuntimeError, match="the run dies here"):
+        trainer.fit(instantiate(cfg.model), datamodule=instantiate(cfg.data))
+    assert probe.faults[0] < PAGES / 1024
+    assert faults_of_a_repeated_allocation() >= PAGES / 512
 
 
 def test_the_users_own_malloc_settings_win(monkeypatch):

@@ -63,7 +63,8 @@ def freed_host_memory_kept() -> Iterator[bool]:
 
 
 class KeepFreedHostMemory(Callback):
-    """`freed_host_memory_kept` from setup to teardown: the whole fit, validation and test."""
+    """`freed_host_memory_kept` from setup to teardown (the whole fit, validation and test), or
+    to the exception that ends it (Lightning then skips teardown)."""
 
     def __init__(self) -> None:
         self.kept: Iterator[bool] | None = None
@@ -77,3 +78,6 @@ class KeepFreedHostMemory(Callback):
         if self.kept is not None:
             self.kept.__exit__(None, None, None)
             self.kept = None
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, error: BaseException):
+        self.teardown(trainer, pl_module, "exception")

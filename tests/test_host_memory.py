@@ -1,5 +1,6 @@
-"""The host-memory callback keeps freed memory for the next step while fitting, and only then:
-counted in page faults (each fresh page the kernel hands out is one) and in resident memory."""
+"""The host-memory callback keeps freed memory for the next step while fitting (and evaluations
+do while they run), and only then: counted in page faults (each fresh page the kernel hands out
+is one) and in resident memory."""
 
 import ctypes
 import resource

@@ -60,10 +60,11 @@ def freed_host_memory_kept() -> Iterator[bool]:
     libc = None if user_tuned_malloc() else glibc()
     outermost = open_blocks == 0
     open_blocks += 1
-    kept = libc is not None and (not outermost or bool(libc.mallopt(M_MMAP_MAX, 0)))
-    kept = kept and (not outermost or bool(libc.mallopt(M_TRIM_THRESHOLD, KEEP_ALL)))
+    if libc is not None and outermost:
+        libc.mallopt(M_MMAP_MAX, 0)
+        libc.mallopt(M_TRIM_THRESHOLD, KEEP_ALL)
     try:
-        yield kept
+        yield libc is not None
     finally:
         open_blocks -= 1
         if libc is not None and outermost:
